@@ -1,0 +1,12 @@
+//! Wall-clock time for frame timestamps and metadata (`ts`, `last_heartbeat_time`).
+//!
+//! Deadlines never use this: they use `tokio::time`, so tests can pause time.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,71 @@
+//! Inbound envelopes (SPEC §3.1): the decoded top-level object split into its keys.
+
+use crate::error::Fatal;
+use crate::value::Value;
+
+/// One inbound frame, after decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The opcode when `op` is an integer 0–8; `None` is the *unknown* opcode (SPEC §3.3).
+    pub op: Option<u8>,
+    /// `d`; absent is null.
+    pub d: Value,
+    /// `t` exactly as received (only meaningful on op 4).
+    pub t: Value,
+    /// `ts` as received, echoed only inside `invalid dispatch payload`.
+    pub ts: Value,
+    /// The optional `trace` key (SPEC §11), as received.
+    pub trace: Value,
+}
+
+impl Envelope {
+    /// Splits a decoded frame. A top level that is not an object is undecodable.
+    pub fn from_value(value: Value) -> Result<Envelope, Fatal> {
+        let Value::Object(mut map) = value else {
+            return Err(Fatal::Decode(Some("the frame is not an object".into())));
+        };
+        let op = match map.get("op") {
+            Some(Value::Int(n)) => u8::try_from(*n).ok().filter(|op| *op <= 8),
+            _ => None,
+        };
+        let mut take = |key: &str| map.remove(key).unwrap_or(Value::Null);
+        Ok(Envelope {
+            op,
+            d: take("d"),
+            t: take("t"),
+            ts: take("ts"),
+            trace: take("trace"),
+        })
+    }
+
+    /// `t` when it is a string.
+    pub fn event_name(&self) -> Option<&str> {
+        self.t.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Map;
+
+    fn env(op: Value) -> Envelope {
+        Envelope::from_value(Value::Object(Map::from([("op".to_owned(), op)]))).unwrap()
+    }
+
+    #[test]
+    fn only_integers_zero_to_eight_are_known_opcodes() {
+        assert_eq!(env(Value::Int(4)).op, Some(4));
+        assert_eq!(env(Value::Int(0)).op, Some(0));
+        assert_eq!(env(Value::Int(9)).op, None);
+        assert_eq!(env(Value::Int(-1)).op, None);
+        assert_eq!(env(Value::Float(4.0)).op, None);
+        assert_eq!(env(Value::String("4".into())).op, None);
+    }
+
+    #[test]
+    fn a_non_object_frame_is_undecodable() {
+        let err = Envelope::from_value(Value::Array(vec![])).unwrap_err();
+        assert_eq!(err.to_string(), "decode: payload: unrecoverable");
+    }
+}

@@ -1,0 +1,655 @@
+//! The client registry: every registered client, its metadata, and the indexes that let a
+//! selective query touch only a few candidates instead of every client of an application.
+//!
+//! Indexes are per application and per top-level metadata key. They answer "which clients
+//! could satisfy this comparison" with a *superset* of the true answer; the full query is then
+//! evaluated on each candidate. So the index can never change a result, only its cost, and the
+//! differential tests compare it against [`Registry::match_set_scan`], a plain full scan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::error::Fatal;
+use crate::frame::Out;
+use crate::metadata::{Metadata, MetaType, Update, UpdateStrategy, reserved};
+use crate::query::{AppFilter, CmpOp, Cond, Operand, Query, rendezvous, select};
+use crate::semver::Version;
+use crate::session::{ConnId, Outbox};
+use crate::value::{Num, Value};
+
+/// A client's place in the registry.
+pub type Slot = u32;
+
+type SlotSet = HashSet<Slot>;
+
+/// A registered client.
+pub struct ClientRecord {
+    pub application_id: String,
+    pub client_id: String,
+    /// The node holding the connection (SPEC §9.4 `node`).
+    pub node: Arc<str>,
+    pub restricted: bool,
+    pub receive_client_updates: bool,
+    /// The identify `ip` or formatted peer address; null for restricted clients.
+    pub socket_ip: Option<String>,
+    /// The address the proxy uses (SPEC §9.7): `socket_ip`, or the peer address when null.
+    pub proxy_address: Option<String>,
+    pub metadata: Metadata,
+    /// Queues the client waits on, in request order (SPEC §8.4).
+    pub queues: Vec<String>,
+    pub outbox: Arc<dyn Outbox>,
+    /// The connection that owns the registration; cleanup of another connection never
+    /// removes it.
+    pub conn_id: ConnId,
+}
+
+impl ClientRecord {
+    /// The client object of SPEC §9.4 (QUERY_NODES `nodes`, `POST /api/v1/query`).
+    pub fn client_object(&self) -> Out {
+        Out::Map(vec![
+            ("app_id", Out::str(self.application_id.clone())),
+            ("client_id", Out::str(self.client_id.clone())),
+            ("metadata", Out::Value(Value::Object(self.metadata.values()))),
+            (
+                "metadata_types",
+                Out::Value(Value::Object(self.metadata.types())),
+            ),
+            ("socket_ip", Out::opt_str(self.socket_ip.clone())),
+            (
+                "queues",
+                Out::List(self.queues.iter().map(|q| Out::str(q.clone())).collect()),
+            ),
+            ("node", Out::str(self.node.to_string())),
+        ])
+    }
+
+    /// Whether the query's `application` and `restricted` filters admit this client.
+    fn admitted_by(&self, q: &Query) -> bool {
+        (q.restricted || !self.restricted)
+            && match &q.application {
+                AppFilter::Any => true,
+                AppFilter::Exact(app) => *app == self.application_id,
+                AppFilter::Nothing => false,
+            }
+    }
+}
+
+/// How many recipients an operation wants (SPEC §6.8 step 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recipients {
+    /// SEND and the proxy: exactly one.
+    One,
+    /// BROADCAST, QUERY_NODES, HTTP query: all, or one when a selector was given.
+    All,
+}
+
+/// Every registered client of this node (and, later, the cluster's view of the others).
+pub struct Registry {
+    node: Arc<str>,
+    slots: Vec<Option<ClientRecord>>,
+    free: Vec<Slot>,
+    /// `application_id \0 client_id` → slot: the uniqueness check of SPEC §4.3.
+    identities: HashMap<String, Slot>,
+    apps: HashMap<String, AppIndex>,
+    /// Clients that receive CLIENT_CONNECTED/CLIENT_DISCONNECTED (SPEC §7.7).
+    subscribers: BTreeSet<Slot>,
+}
+
+/// The clients of one application and their per-key indexes.
+#[derive(Default)]
+struct AppIndex {
+    members: SlotSet,
+    keys: HashMap<String, KeyIndex>,
+}
+
+/// The values of one top-level key across the clients of one application.
+///
+/// Each client's value sits in exactly one of the value buckets, so buckets never overlap.
+#[derive(Default)]
+struct KeyIndex {
+    nums: BTreeMap<Num, SlotSet>,
+    /// Strings that are not version-typed, in byte order.
+    strs: BTreeMap<String, SlotSet>,
+    /// Version-typed strings (always valid SemVer), in precedence order.
+    versions: BTreeMap<Version, SlotSet>,
+    bools: [SlotSet; 2],
+    nulls: SlotSet,
+    /// Arrays and objects: equality against them is checked by evaluation.
+    composites: SlotSet,
+    /// Scalar elements of array values, for `$contains`.
+    elements: HashMap<Scalar, SlotSet>,
+    /// Arrays that hold an array or object element.
+    composite_elements: SlotSet,
+}
+
+/// A scalar as a hash key; numbers hash by value (`10` and `10.0` are one key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Scalar {
+    Null,
+    Bool(bool),
+    Num(Num),
+    Str(String),
+}
+
+impl Scalar {
+    fn of(value: &Value) -> Option<Scalar> {
+        Some(match value {
+            Value::Null => Scalar::Null,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::String(s) => Scalar::Str(s.clone()),
+            Value::Array(_) | Value::Object(_) => return None,
+            number => Scalar::Num(number.as_num()?),
+        })
+    }
+}
+
+/// Candidate sets for a condition: `None` means "every member"; otherwise the union of the
+/// listed sets is a superset of the clients that can satisfy it.
+type Plan<'a> = Option<Vec<&'a SlotSet>>;
+
+fn plan_size(plan: &Plan<'_>) -> usize {
+    plan.as_ref()
+        .map_or(usize::MAX, |sets| sets.iter().map(|s| s.len()).sum())
+}
+
+// === impl Registry ===
+
+impl Registry {
+    pub fn new(node: impl Into<Arc<str>>) -> Registry {
+        Registry {
+            node: node.into(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            identities: HashMap::new(),
+            apps: HashMap::new(),
+            subscribers: BTreeSet::new(),
+        }
+    }
+
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.identities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.identities.is_empty()
+    }
+
+    pub fn get(&self, slot: Slot) -> Option<&ClientRecord> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, slot: Slot) -> Option<&mut ClientRecord> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
+    }
+
+    /// Whether an identity is registered.
+    pub fn contains(&self, application_id: &str, client_id: &str) -> bool {
+        self.identities
+            .contains_key(&identity_key(application_id, client_id))
+    }
+
+    /// Registers a client, atomically with the uniqueness check. `before_insert` runs after the
+    /// check passes and before anyone can route to the client: the router queues `ready` there.
+    pub fn register(
+        &mut self,
+        record: ClientRecord,
+        before_insert: impl FnOnce(&ClientRecord),
+    ) -> Result<Slot, Fatal> {
+        let key = identity_key(&record.application_id, &record.client_id);
+        if self.identities.contains_key(&key) {
+            return Err(Fatal::AlreadyRegistered {
+                client_id: record.client_id,
+                application_id: record.application_id,
+            });
+        }
+        before_insert(&record);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = Slot::try_from(self.slots.len()).map_err(|_| Fatal::Internal)?;
+                self.slots.push(None);
+                slot
+            }
+        };
+        self.identities.insert(key, slot);
+        if record.receive_client_updates && !record.restricted {
+            self.subscribers.insert(slot);
+        }
+        let app = self
+            .apps
+            .entry(record.application_id.clone())
+            .or_default();
+        app.members.insert(slot);
+        for (key, entry) in record.metadata.iter() {
+            app.index(slot, key, &entry.value, entry.ty, true);
+        }
+        self.slots[slot as usize] = Some(record);
+        Ok(slot)
+    }
+
+    /// Removes a registration, if `slot` still belongs to connection `conn_id`.
+    pub fn unregister(&mut self, slot: Slot, conn_id: ConnId) -> Option<ClientRecord> {
+        if self.get(slot)?.conn_id != conn_id {
+            return None;
+        }
+        let record = self.slots[slot as usize].take()?;
+        self.free.push(slot);
+        self.identities
+            .remove(&identity_key(&record.application_id, &record.client_id));
+        self.subscribers.remove(&slot);
+        if let Some(app) = self.apps.get_mut(&record.application_id) {
+            for (key, entry) in record.metadata.iter() {
+                app.index(slot, key, &entry.value, entry.ty, false);
+            }
+            app.members.remove(&slot);
+            if app.members.is_empty() {
+                self.apps.remove(&record.application_id);
+            }
+        }
+        Some(record)
+    }
+
+    /// Validates and applies an `UPDATE_METADATA`, keeping the indexes in step.
+    pub fn update_metadata(
+        &mut self,
+        slot: Slot,
+        prepare: impl FnOnce(&Metadata) -> Result<Update, crate::error::KeyErrors>,
+    ) -> Result<(), crate::error::KeyErrors> {
+        let Some(record) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let update = prepare(&record.metadata)?;
+        let mut keys: Vec<String> = update.keys().map(str::to_owned).collect();
+        if update.strategy() == UpdateStrategy::Replace {
+            keys.extend(
+                record
+                    .metadata
+                    .iter()
+                    .filter(|(k, _)| !reserved::contains(k))
+                    .map(|(k, _)| k.to_owned()),
+            );
+        }
+        let Some(app) = self.apps.get_mut(&record.application_id) else {
+            return Ok(());
+        };
+        app.reindex(slot, &keys, &record.metadata, false);
+        record.metadata.apply(update);
+        app.reindex(slot, &keys, &record.metadata, true);
+        Ok(())
+    }
+
+    /// Sets `last_heartbeat_time` (SPEC §4.6).
+    pub fn heartbeat(&mut self, slot: Slot, now_ms: u64) {
+        let Some(record) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(app) = self.apps.get_mut(&record.application_id) else {
+            return;
+        };
+        let keys = [reserved::LAST_HEARTBEAT_TIME.to_owned()];
+        app.reindex(slot, &keys, &record.metadata, false);
+        record
+            .metadata
+            .set_reserved(reserved::LAST_HEARTBEAT_TIME, Value::from(now_ms));
+        app.reindex(slot, &keys, &record.metadata, true);
+    }
+
+    /// Mutable access to the queue list of a client (SPEC §8.4).
+    pub fn queues_mut(&mut self, slot: Slot) -> Option<&mut Vec<String>> {
+        self.get_mut(slot).map(|r| &mut r.queues)
+    }
+
+    /// The subscribers' records, for CLIENT_* events.
+    pub fn subscribers(&self) -> impl Iterator<Item = &ClientRecord> {
+        self.subscribers.iter().filter_map(|s| self.get(*s))
+    }
+
+    /// Steps 1–6 of SPEC §6.8: the match set, after `optional` and the selector.
+    pub fn match_set(&self, q: &Query) -> Vec<Slot> {
+        self.match_set_with(q, |app| self.candidates(app, q))
+    }
+
+    /// The same as [`Registry::match_set`] without indexes: every client is evaluated. For
+    /// differential tests and benchmarks.
+    pub fn match_set_scan(&self, q: &Query) -> Vec<Slot> {
+        self.match_set_with(q, |app| app.members.iter().copied().collect())
+    }
+
+    fn match_set_with<'a>(
+        &'a self,
+        q: &Query,
+        candidates: impl Fn(&'a AppIndex) -> Vec<Slot>,
+    ) -> Vec<Slot> {
+        let apps = self.apps_for(q);
+        let mut matched: Vec<Slot> = Vec::new();
+        for app in &apps {
+            matched.extend(candidates(app).into_iter().filter(|slot| {
+                self.get(*slot)
+                    .is_some_and(|r| r.admitted_by(q) && q.matches(&r.metadata))
+            }));
+        }
+        if matched.is_empty() && q.optional {
+            for app in &apps {
+                matched.extend(
+                    app.members
+                        .iter()
+                        .copied()
+                        .filter(|slot| self.get(*slot).is_some_and(|r| r.admitted_by(q))),
+                );
+            }
+        }
+        if let Some(selector) = &q.selector {
+            let docs: Vec<(Slot, &Metadata)> = matched
+                .iter()
+                .filter_map(|slot| self.get(*slot).map(|r| (*slot, &r.metadata)))
+                .collect();
+            matched = select::apply(selector, &docs);
+        }
+        matched
+    }
+
+    /// Step 7 of SPEC §6.8 over a match set.
+    pub fn recipients(&self, q: &Query, matched: Vec<Slot>, wanted: Recipients) -> Vec<Slot> {
+        if wanted == Recipients::All && q.selector.is_none() || matched.len() <= 1 {
+            return matched;
+        }
+        self.pick_one(q, &matched).into_iter().collect()
+    }
+
+    /// One client of a non-empty match set: the rendezvous winner for the key, else uniformly
+    /// random.
+    pub fn pick_one(&self, q: &Query, matched: &[Slot]) -> Option<Slot> {
+        match &q.key {
+            Some(key) => rendezvous::winner(
+                key,
+                matched.iter().filter_map(|slot| {
+                    self.get(*slot)
+                        .map(|r| (*slot, r.application_id.as_str(), r.client_id.as_str()))
+                }),
+            ),
+            None if matched.is_empty() => None,
+            None => matched.get(fastrand::usize(..matched.len())).copied(),
+        }
+    }
+
+    fn apps_for(&self, q: &Query) -> Vec<&AppIndex> {
+        match &q.application {
+            AppFilter::Any => self.apps.values().collect(),
+            AppFilter::Exact(app) => self.apps.get(app).into_iter().collect(),
+            AppFilter::Nothing => Vec::new(),
+        }
+    }
+
+    /// A superset of the members of `app` that satisfy the query's `ops`, from the indexes.
+    fn candidates(&self, app: &AppIndex, q: &Query) -> Vec<Slot> {
+        let plan = app.plan_all(&q.ops);
+        match plan {
+            None => app.members.iter().copied().collect(),
+            Some(sets) if sets.len() == 1 => sets[0].iter().copied().collect(),
+            Some(sets) => {
+                let mut slots: Vec<Slot> = sets.iter().flat_map(|s| s.iter().copied()).collect();
+                slots.sort_unstable();
+                slots.dedup();
+                slots
+            }
+        }
+    }
+}
+
+fn identity_key(application_id: &str, client_id: &str) -> String {
+    let mut key = String::with_capacity(application_id.len() + 1 + client_id.len());
+    key.push_str(application_id);
+    key.push('\0');
+    key.push_str(client_id);
+    key
+}
+
+// === impl AppIndex ===
+
+impl AppIndex {
+    fn index(&mut self, slot: Slot, key: &str, value: &Value, ty: MetaType, add: bool) {
+        if add {
+            self.keys
+                .entry(key.to_owned())
+                .or_default()
+                .insert(slot, value, ty);
+        } else if let Some(index) = self.keys.get_mut(key) {
+            index.remove(slot, value, ty);
+            if index.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    fn reindex(&mut self, slot: Slot, keys: &[String], metadata: &Metadata, add: bool) {
+        for key in keys {
+            if let Some(entry) = metadata.get(key) {
+                self.index(slot, key, &entry.value, entry.ty, add);
+            }
+        }
+    }
+
+    /// The implicit AND of the top-level `ops`.
+    fn plan_all<'a>(&'a self, conds: &[Cond]) -> Plan<'a> {
+        let mut best: Plan<'a> = None;
+        for cond in conds {
+            let plan = self.plan(cond);
+            if plan_size(&plan) < plan_size(&best) {
+                best = plan;
+            }
+            if plan_size(&best) == 0 {
+                break;
+            }
+        }
+        best
+    }
+
+    fn plan<'a>(&'a self, cond: &Cond) -> Plan<'a> {
+        match cond {
+            Cond::And(children) => self.plan_all(children),
+            Cond::Or(children) => {
+                let mut sets = Vec::new();
+                for child in children {
+                    sets.extend(self.plan(child)?);
+                }
+                Some(sets)
+            }
+            // Negations match clients that lack the key: no index narrows them.
+            Cond::Nor(_) => None,
+            Cond::Cmp {
+                path,
+                op,
+                operand: Operand::Value(x),
+            } => {
+                let key = path.top_key()?;
+                if matches!(op, CmpOp::Ne | CmpOp::Nin | CmpOp::Ncontains) {
+                    return None;
+                }
+                // No member has the key: every positive comparison is false.
+                let Some(index) = self.keys.get(key) else {
+                    return Some(Vec::new());
+                };
+                index.plan(*op, x)
+            }
+            Cond::Cmp { .. } => None,
+        }
+    }
+}
+
+// === impl KeyIndex ===
+
+impl KeyIndex {
+    fn is_empty(&self) -> bool {
+        self.nums.is_empty()
+            && self.strs.is_empty()
+            && self.versions.is_empty()
+            && self.bools.iter().all(HashSet::is_empty)
+            && self.nulls.is_empty()
+            && self.composites.is_empty()
+    }
+
+    fn insert(&mut self, slot: Slot, value: &Value, ty: MetaType) {
+        match value {
+            Value::String(s) if ty == MetaType::Version => match Version::parse(s) {
+                Some(v) => {
+                    self.versions.entry(v).or_default().insert(slot);
+                }
+                None => {
+                    self.strs.entry(s.clone()).or_default().insert(slot);
+                }
+            },
+            Value::String(s) => {
+                self.strs.entry(s.clone()).or_default().insert(slot);
+            }
+            Value::Bool(b) => {
+                self.bools[usize::from(*b)].insert(slot);
+            }
+            Value::Null => {
+                self.nulls.insert(slot);
+            }
+            Value::Array(items) => {
+                self.composites.insert(slot);
+                for item in items {
+                    match Scalar::of(item) {
+                        Some(scalar) => {
+                            self.elements.entry(scalar).or_default().insert(slot);
+                        }
+                        None => {
+                            self.composite_elements.insert(slot);
+                        }
+                    }
+                }
+            }
+            Value::Object(_) => {
+                self.composites.insert(slot);
+            }
+            number => {
+                if let Some(n) = number.as_num() {
+                    self.nums.entry(n).or_default().insert(slot);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: Slot, value: &Value, ty: MetaType) {
+        fn take<K: Ord>(map: &mut BTreeMap<K, SlotSet>, key: &K, slot: Slot) {
+            if let Some(set) = map.get_mut(key) {
+                set.remove(&slot);
+                if set.is_empty() {
+                    map.remove(key);
+                }
+            }
+        }
+        match value {
+            Value::String(s) if ty == MetaType::Version => match Version::parse(s) {
+                Some(v) => take(&mut self.versions, &v, slot),
+                None => take(&mut self.strs, s, slot),
+            },
+            Value::String(s) => take(&mut self.strs, s, slot),
+            Value::Bool(b) => {
+                self.bools[usize::from(*b)].remove(&slot);
+            }
+            Value::Null => {
+                self.nulls.remove(&slot);
+            }
+            Value::Array(items) => {
+                self.composites.remove(&slot);
+                self.composite_elements.remove(&slot);
+                for item in items {
+                    if let Some(scalar) = Scalar::of(item)
+                        && let Some(set) = self.elements.get_mut(&scalar)
+                    {
+                        set.remove(&slot);
+                        if set.is_empty() {
+                            self.elements.remove(&scalar);
+                        }
+                    }
+                }
+            }
+            Value::Object(_) => {
+                self.composites.remove(&slot);
+            }
+            number => {
+                if let Some(n) = number.as_num() {
+                    take(&mut self.nums, &n, slot);
+                }
+            }
+        }
+    }
+
+    fn plan(&self, op: CmpOp, x: &Value) -> Plan<'_> {
+        match op {
+            CmpOp::Eq => Some(self.equal_to(x)),
+            CmpOp::In => match x {
+                Value::Array(items) => Some(items.iter().flat_map(|i| self.equal_to(i)).collect()),
+                _ => Some(Vec::new()),
+            },
+            CmpOp::Gt | CmpOp::Gte | CmpOp::Lt | CmpOp::Lte => Some(self.ordered(op, x)),
+            CmpOp::Contains => Some(match Scalar::of(x) {
+                Some(scalar) => self.elements.get(&scalar).into_iter().collect(),
+                None => vec![&self.composite_elements],
+            }),
+            CmpOp::Ne | CmpOp::Nin | CmpOp::Ncontains => None,
+        }
+    }
+
+    /// Buckets whose values can equal `x` (SPEC §6.5 equality).
+    fn equal_to(&self, x: &Value) -> Vec<&SlotSet> {
+        match x {
+            Value::String(s) => {
+                let mut sets: Vec<&SlotSet> = self.strs.get(s).into_iter().collect();
+                if let Some(v) = Version::parse(s) {
+                    sets.extend(self.versions.get(&v));
+                }
+                sets
+            }
+            Value::Bool(b) => vec![&self.bools[usize::from(*b)]],
+            Value::Null => vec![&self.nulls],
+            Value::Array(_) | Value::Object(_) => vec![&self.composites],
+            number => number
+                .as_num()
+                .and_then(|n| self.nums.get(&n))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Buckets whose values can order against `x` as `op` asks (SPEC §6.5 ordering).
+    fn ordered(&self, op: CmpOp, x: &Value) -> Vec<&SlotSet> {
+        fn bounds<T>(op: CmpOp, x: T) -> (Bound<T>, Bound<T>) {
+            match op {
+                CmpOp::Gt => (Bound::Excluded(x), Bound::Unbounded),
+                CmpOp::Gte => (Bound::Included(x), Bound::Unbounded),
+                CmpOp::Lt => (Bound::Unbounded, Bound::Excluded(x)),
+                _ => (Bound::Unbounded, Bound::Included(x)),
+            }
+        }
+        match x {
+            Value::String(s) => {
+                let mut sets: Vec<&SlotSet> = self
+                    .strs
+                    .range::<str, _>(bounds(op, s.as_str()))
+                    .map(|(_, set)| set)
+                    .collect();
+                match Version::parse(s) {
+                    Some(v) => sets.extend(self.versions.range(bounds(op, &v)).map(|(_, s)| s)),
+                    // A version-typed value against a non-SemVer string orders by bytes:
+                    // leave those to evaluation.
+                    None => sets.extend(self.versions.values()),
+                }
+                sets
+            }
+            number => match number.as_num() {
+                Some(n) => self.nums.range(bounds(op, &n)).map(|(_, s)| s).collect(),
+                // Ordering is undefined for every other kind: nothing can match.
+                None => Vec::new(),
+            },
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Configuration (SPEC §12): embedded defaults, then a TOML file, then the environment, then
+//! command-line flags; each layer overrides the one before.
+//!
+//! The environment is handed in as a map rather than read here, so loading is a pure function
+//! that tests can call without touching the process environment. Names:
+//!
+//! - `GANGLION_<SECTION>__<KEY>` for any setting, e.g. `GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS`,
+//!   `GANGLION_AUTH__PASSWORD`, `GANGLION_LISTEN`;
+//! - `PORT` and `AUTH`, the original 신경 server's names for the listener port and password;
+//! - `GANGLION_CONFIG`, the TOML file to read (also `--config`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map as FigMap, Value as FigValue};
+use figment::{Figment, Metadata, Profile, Provider};
+use ganglion_core::metadata::{MetadataLimits, UpdateStrategy};
+use ganglion_core::query::QueryLimits;
+use ganglion_transports::SessionConfig;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix for every setting.
+pub const ENV_PREFIX: &str = "GANGLION_";
+
+/// Settings whose values are always text, even when they look like numbers (`AUTH=1234`).
+const STRING_KEYS: &[&str] = &[
+    "listen",
+    "auth.password",
+    "node.id",
+    "log.format",
+    "log.level",
+    "metadata.update_strategy",
+];
+
+/// The whole configuration. Unknown keys are rejected so that typos are caught at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP + websocket listener.
+    pub listen: String,
+    pub ws: WsConfig,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+    pub metadata: MetadataConfig,
+    pub query: QueryConfig,
+    pub http: HttpConfig,
+    pub node: NodeConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Origins allowed to open a websocket; empty allows any (SPEC §2.1).
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The shared password; unset means no authentication (SPEC §4.4).
+    pub password: Option<String>,
+    pub max_failures_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub heartbeat_interval_ms: u64,
+    /// Defaults to 1.5 × `heartbeat_interval_ms`.
+    pub heartbeat_timeout_ms: Option<u64>,
+    pub identify_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub outbound_buffer_bytes: usize,
+    pub close_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    pub update_strategy: UpdateStrategy,
+    pub max_bytes: usize,
+    pub max_depth: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    pub max_depth: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique node id; defaults to the host name.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `ganglion=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+// === defaults (SPEC §12) ===
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "[::]:4000".to_owned(),
+            ws: WsConfig::default(),
+            auth: AuthConfig::default(),
+            gateway: GatewayConfig::default(),
+            metadata: MetadataConfig::default(),
+            query: QueryConfig::default(),
+            http: HttpConfig::default(),
+            node: NodeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password: None,
+            max_failures_per_minute: 10,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_interval_ms: 45_000,
+            heartbeat_timeout_ms: None,
+            identify_timeout_ms: 10_000,
+            max_frame_bytes: 1_048_576,
+            outbound_buffer_bytes: 1_048_576,
+            close_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            update_strategy: UpdateStrategy::Merge,
+            max_bytes: 65_536,
+            max_depth: 32,
+        }
+    }
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig { max_depth: 32 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 8_388_608,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid setting `{0}`: expected KEY=VALUE, e.g. gateway.heartbeat_interval_ms=30000")]
+    Setting(String),
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+/// Overrides from the command line, the last layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub node_id: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// `key=value` pairs with dotted keys, e.g. `auth.password=s3cret`.
+    pub settings: Vec<String>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads the layered configuration.
+    pub fn load(env: &HashMap<String, String>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let file = overrides
+            .config_file
+            .clone()
+            .or_else(|| env.get("GANGLION_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::string(&read_file(&path)?));
+        }
+        figment = figment.merge(EnvProvider::from_env(env));
+        let mut flags = Dict::new();
+        for setting in &overrides.settings {
+            let (key, value) = setting
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| ConfigError::Setting(setting.clone()))?;
+            merge_setting(&mut flags, key.trim(), value);
+        }
+        if let Some(listen) = &overrides.listen {
+            merge_setting(&mut flags, "listen", listen);
+        }
+        if let Some(id) = &overrides.node_id {
+            merge_setting(&mut flags, "node.id", id);
+        }
+        if let Some(format) = overrides.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            merge_setting(&mut flags, "log.format", name);
+        }
+        figment = figment.merge(DictProvider {
+            name: "command-line flags",
+            dict: flags,
+        });
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("gateway.heartbeat_interval_ms", self.gateway.heartbeat_interval_ms),
+            ("gateway.identify_timeout_ms", self.gateway.identify_timeout_ms),
+            ("gateway.max_frame_bytes", self.gateway.max_frame_bytes as u64),
+            ("gateway.outbound_buffer_bytes", self.gateway.outbound_buffer_bytes as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Value(format!("{name} must be greater than 0")));
+            }
+        }
+        if self.gateway.heartbeat_timeout_ms == Some(0) {
+            return Err(ConfigError::Value(
+                "gateway.heartbeat_timeout_ms must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The liveness deadline: configured, or 1.5 × the interval (SPEC §4.6).
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.gateway
+                .heartbeat_timeout_ms
+                .unwrap_or(self.gateway.heartbeat_interval_ms.saturating_mul(3) / 2),
+        )
+    }
+
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            identify_timeout: Duration::from_millis(self.gateway.identify_timeout_ms),
+            heartbeat_timeout: self.heartbeat_timeout(),
+            close_timeout: Duration::from_millis(self.gateway.close_timeout_ms),
+            max_frame_bytes: self.gateway.max_frame_bytes,
+            outbound_buffer_bytes: self.gateway.outbound_buffer_bytes,
+        }
+    }
+
+    pub fn metadata_limits(&self) -> MetadataLimits {
+        MetadataLimits {
+            max_bytes: self.metadata.max_bytes,
+            max_depth: self.metadata.max_depth,
+            strategy: self.metadata.update_strategy,
+        }
+    }
+
+    pub fn query_limits(&self) -> QueryLimits {
+        QueryLimits {
+            max_depth: self.query.max_depth,
+        }
+    }
+
+    /// The node id: configured, else the host name, else `ganglion`.
+    pub fn node_id(&self, env: &HashMap<String, String>) -> String {
+        self.node
+            .id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .or_else(|| env.get("HOSTNAME").cloned().filter(|h| !h.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "ganglion".to_owned())
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Sets a dotted key in a dict, parsing the value as figment parses environment values
+/// (numbers, booleans, arrays) unless the key always holds text.
+fn merge_setting(dict: &mut Dict, key: &str, raw: &str) {
+    let key = key.to_ascii_lowercase();
+    let value: FigValue = if STRING_KEYS.contains(&key.as_str()) {
+        FigValue::from(raw.to_owned())
+    } else {
+        raw.parse().unwrap_or_else(|never| match never {})
+    };
+    if let Some(nested) = figment::util::nest(&key, value).into_dict() {
+        let merged = std::mem::take(dict).merge(nested);
+        *dict = merged;
+    }
+}
+
+/// The environment layer, from a map.
+struct EnvProvider;
+
+impl EnvProvider {
+    fn from_env(env: &HashMap<String, String>) -> DictProvider {
+        let mut dict = Dict::new();
+        if let Some(port) = env.get("PORT").filter(|p| !p.is_empty()) {
+            merge_setting(&mut dict, "listen", &format!("[::]:{port}"));
+        }
+        if let Some(password) = env.get("AUTH").filter(|p| !p.is_empty()) {
+            merge_setting(&mut dict, "auth.password", password);
+        }
+        let mut names: Vec<&String> = env.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest.is_empty() || rest == "CONFIG" {
+                continue;
+            }
+            let key = rest.split("__").collect::<Vec<_>>().join(".");
+            merge_setting(&mut dict, &key, &env[name]);
+        }
+        DictProvider {
+            name: "environment",
+            dict,
+        }
+    }
+}
+
+/// A ready-made layer of settings.
+struct DictProvider {
+    name: &'static str,
+    dict: Dict,
+}
+
+impl Provider for DictProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<FigMap<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_the_specs() {
+        let config = Config::load(&HashMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen, "[::]:4000");
+        assert_eq!(config.heartbeat_timeout(), Duration::from_millis(67_500));
+        assert_eq!(config.session().identify_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn port_and_auth_are_honoured() {
+        let config = Config::load(&env(&[("PORT", "5000"), ("AUTH", "1234")]), &Overrides::default())
+            .unwrap();
+        assert_eq!(config.listen, "[::]:5000");
+        assert_eq!(config.auth.password.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_before() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ganglion.toml",
+                "listen = \"127.0.0.1:1\"\n[gateway]\nheartbeat_interval_ms = 1000\nidentify_timeout_ms = 7\n",
+            )?;
+            let vars = env(&[
+                ("GANGLION_CONFIG", "ganglion.toml"),
+                ("GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS", "2000"),
+                ("GANGLION_LISTEN", "127.0.0.1:2"),
+            ]);
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:3".into()),
+                ..Overrides::default()
+            };
+            let config = Config::load(&vars, &overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen, "127.0.0.1:3");
+            assert_eq!(config.gateway.heartbeat_interval_ms, 2000);
+            assert_eq!(config.gateway.identify_timeout_ms, 7);
+            assert_eq!(config.heartbeat_timeout(), Duration::from_millis(3000));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn settings_flags_take_dotted_keys() {
+        let overrides = Overrides {
+            settings: vec![
+                "metadata.update_strategy=replace".into(),
+                "auth.password=42".into(),
+                "ws.allowed_origins=[\"https://a.example\"]".into(),
+            ],
+            ..Overrides::default()
+        };
+        let config = Config::load(&HashMap::new(), &overrides).unwrap();
+        assert_eq!(config.metadata.update_strategy, UpdateStrategy::Replace);
+        assert_eq!(config.auth.password.as_deref(), Some("42"));
+        assert_eq!(config.ws.allowed_origins, vec!["https://a.example".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
+        let err = Config::load(&env(&[("GANGLION_GATEWAY__NOPE", "1")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = Config::load(
+            &env(&[("GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("heartbeat_interval_ms"), "{err}");
+        let bad = Overrides {
+            settings: vec!["novalue".into()],
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::load(&HashMap::new(), &bad),
+            Err(ConfigError::Setting(_))
+        ));
+    }
+}

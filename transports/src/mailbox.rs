@@ -1,0 +1,236 @@
+//! The bounded outbound mailbox of one connection (SPEC §4.9).
+//!
+//! The router pushes encoded frames without ever waiting; the connection's writer task takes
+//! everything queued at once and writes it as one batch (write coalescing). The bound is in
+//! bytes: a frame is always accepted into an empty mailbox, and a push that would take a
+//! non-empty mailbox past the bound marks the connection a slow consumer instead.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ganglion_core::frame::{Encoding, OutFrame, Outgoing};
+use ganglion_core::session::Outbox;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// A close to send after the final frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Close {
+    /// The websocket close reason is capped at 123 bytes, cut at a character boundary.
+    pub fn new(code: u16, reason: &str) -> Close {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Close {
+            code,
+            reason: reason[..end].to_owned(),
+        }
+    }
+}
+
+/// What the writer gets from one [`Mailbox::next_batch`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: Vec<Bytes>,
+    /// The mailbox is finished: write `frames`, then this close (if any), then stop.
+    pub finish: Option<Option<Close>>,
+}
+
+#[derive(Debug)]
+enum Status {
+    Open,
+    /// A push went past the bound; the queue was dropped and the session must end.
+    Overflowed,
+    /// The final frame is queued; nothing else is accepted.
+    Finishing(Option<Close>),
+    /// The writer has taken the final batch.
+    Done,
+}
+
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    status: Status,
+}
+
+/// One connection's outbound queue.
+pub struct Mailbox {
+    encoding: Encoding,
+    limit: usize,
+    state: Mutex<State>,
+    /// Wakes the writer when frames arrive or the mailbox finishes.
+    writable: Notify,
+    /// Cancelled when the connection became a slow consumer.
+    overflowed: CancellationToken,
+}
+
+// === impl Mailbox ===
+
+impl Mailbox {
+    pub fn new(encoding: Encoding, limit: usize) -> Mailbox {
+        Mailbox {
+            encoding,
+            limit,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                status: Status::Open,
+            }),
+            writable: Notify::new(),
+            overflowed: CancellationToken::new(),
+        }
+    }
+
+    fn encode(&self, frame: &Arc<Outgoing>) -> Bytes {
+        frame.encoded(self.encoding, |f| ganglion_codecs::encode(self.encoding, f))
+    }
+
+    /// Resolves once the connection has become a slow consumer.
+    pub async fn overflowed(&self) {
+        self.overflowed.cancelled().await
+    }
+
+    /// Queues the last frame and the close that follows it; later pushes are refused. After
+    /// an overflow the queue is already empty, so the final frame is always accepted.
+    pub fn finish(&self, last: Option<OutFrame>, close: Option<Close>) {
+        let bytes = last.map(|f| self.encode(&Arc::new(Outgoing::new(f))));
+        let mut state = self.state.lock();
+        if matches!(state.status, Status::Finishing(_) | Status::Done) {
+            return;
+        }
+        if let Some(bytes) = bytes {
+            state.bytes += bytes.len();
+            state.queue.push_back(bytes);
+        }
+        state.status = Status::Finishing(close);
+        drop(state);
+        self.writable.notify_one();
+    }
+
+    /// Waits for frames and takes all of them.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            // Register interest before looking, so a push between the look and the wait is
+            // not missed.
+            let notified = self.writable.notified();
+            {
+                let mut state = self.state.lock();
+                let finishing = match &mut state.status {
+                    Status::Finishing(close) => Some(close.take()),
+                    Status::Done => Some(None),
+                    Status::Open | Status::Overflowed => None,
+                };
+                if !state.queue.is_empty() || finishing.is_some() {
+                    state.bytes = 0;
+                    let frames = std::mem::take(&mut state.queue).into();
+                    if finishing.is_some() {
+                        state.status = Status::Done;
+                    }
+                    return Batch {
+                        frames,
+                        finish: finishing,
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+impl Outbox for Mailbox {
+    fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    fn push(&self, frame: &Arc<Outgoing>) -> bool {
+        let bytes = self.encode(frame);
+        let mut state = self.state.lock();
+        if !matches!(state.status, Status::Open) {
+            return false;
+        }
+        if !state.queue.is_empty() && state.bytes + bytes.len() > self.limit {
+            state.queue.clear();
+            state.bytes = 0;
+            state.status = Status::Overflowed;
+            drop(state);
+            self.overflowed.cancel();
+            return false;
+        }
+        state.bytes += bytes.len();
+        state.queue.push_back(bytes);
+        drop(state);
+        self.writable.notify_one();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ganglion_core::frame::Out;
+
+    fn frame(payload_len: usize) -> Arc<Outgoing> {
+        Arc::new(Outgoing::new(OutFrame::delivery(
+            "SEND",
+            Out::Null,
+            Out::str("x".repeat(payload_len)),
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_always_accepted_into_an_empty_mailbox() {
+        let mailbox = Mailbox::new(Encoding::Json, 10);
+        assert!(mailbox.push(&frame(100)));
+        let batch = mailbox.next_batch().await;
+        assert_eq!(batch.frames.len(), 1);
+        assert!(batch.finish.is_none());
+        assert!(mailbox.push(&frame(100)));
+    }
+
+    #[tokio::test]
+    async fn going_past_the_bound_drops_the_queue_and_signals_overflow() {
+        let mailbox = Mailbox::new(Encoding::Json, 200);
+        assert!(mailbox.push(&frame(50)));
+        assert!(mailbox.push(&frame(50)));
+        assert!(!mailbox.push(&frame(150)));
+        assert_eq!(mailbox.queued_bytes(), 0);
+        mailbox.overflowed().await;
+        assert!(!mailbox.push(&frame(1)), "an overflowed mailbox refuses frames");
+        mailbox.finish(Some(OutFrame::new(8, Out::Null)), Some(Close::new(1008, "slow consumer")));
+        let batch = mailbox.next_batch().await;
+        assert_eq!(batch.frames.len(), 1, "only the final frame is written");
+        assert_eq!(batch.finish, Some(Some(Close::new(1008, "slow consumer"))));
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_everything_queued_in_one_batch() {
+        let mailbox = Mailbox::new(Encoding::Msgpack, 1 << 20);
+        for _ in 0..10 {
+            assert!(mailbox.push(&frame(10)));
+        }
+        let batch = mailbox.next_batch().await;
+        assert_eq!(batch.frames.len(), 10);
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        let reason = "é".repeat(100);
+        let close = Close::new(1008, &reason);
+        assert!(close.reason.len() <= 123);
+        assert_eq!(close.reason.len(), 122);
+    }
+}

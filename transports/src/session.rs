@@ -1,0 +1,258 @@
+//! The session loop every transport shares: decode inbound frames, call the session service
+//! one frame at a time, enforce the identify and heartbeat deadlines, and run the closing
+//! sequences of SPEC §4.8. It is generic over a `Stream` of [`WireIn`] and a `Sink` of
+//! [`WireOut`], so a transport only adapts its connection to those two types.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ganglion_codecs::FrameKind;
+use ganglion_core::error::close_code;
+use ganglion_core::{Conn, Envelope, Fatal, Inbound, Outcome, Router};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+use crate::mailbox::{Close, Mailbox};
+
+/// Per-connection limits and deadlines (SPEC §12, `gateway.*`).
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub identify_timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub outbound_buffer_bytes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            identify_timeout: Duration::from_millis(10_000),
+            heartbeat_timeout: Duration::from_millis(67_500),
+            close_timeout: Duration::from_millis(5_000),
+            max_frame_bytes: 1 << 20,
+            outbound_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What a transport reads from its connection.
+#[derive(Debug)]
+pub enum WireIn {
+    /// One complete inbound message. `kind` is the websocket message kind; transports without
+    /// kinds give `None`.
+    Frame {
+        bytes: Bytes,
+        kind: Option<FrameKind>,
+    },
+    /// A message over `gateway.max_frame_bytes`.
+    TooLarge,
+    /// Bytes that can never become a frame (invalid UTF-8 in a text message, a zero-length TCP
+    /// frame).
+    Undecodable(String),
+    /// The peer started the closing handshake.
+    Closed,
+    /// The connection broke or reached EOF.
+    Gone,
+}
+
+/// What a transport writes to its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireOut {
+    Frame(Bytes),
+    Close(Close),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Fatal(Fatal),
+    Goodbye(&'static str),
+    PeerClosed,
+    PeerGone,
+}
+
+/// Everything a session needs besides its connection.
+#[derive(Clone)]
+pub struct SessionContext<S> {
+    pub router: Arc<Router>,
+    pub service: S,
+    pub config: Arc<SessionConfig>,
+    /// Cancelled when the node drains: every session says goodbye.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs one connection to its end: the reader side (this future) and the writer task.
+pub async fn run<R, W, S>(
+    conn: Arc<Conn>,
+    mailbox: Arc<Mailbox>,
+    inbound: R,
+    outbound: W,
+    ctx: SessionContext<S>,
+) where
+    R: Stream<Item = WireIn> + Unpin + Send,
+    W: Sink<WireOut> + Unpin + Send + 'static,
+    S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
+    S::Future: Send,
+{
+    let writer = tokio::spawn(write_loop(mailbox.clone(), outbound));
+    let close_timeout = ctx.config.close_timeout;
+    read_loop(conn, mailbox, inbound, ctx).await;
+    // The writer ends after the final frame and close, or when the connection breaks; a peer
+    // that stopped reading must not hold the task forever.
+    let abort = writer.abort_handle();
+    if timeout(close_timeout, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
+async fn read_loop<R, S>(
+    conn: Arc<Conn>,
+    mailbox: Arc<Mailbox>,
+    mut inbound: R,
+    ctx: SessionContext<S>,
+) where
+    R: Stream<Item = WireIn> + Unpin,
+    S: Service<Inbound, Response = Outcome, Error = Infallible>,
+{
+    let SessionContext {
+        router,
+        mut service,
+        config,
+        shutdown,
+    } = ctx;
+    conn.send(router.hello());
+    let mut identified = false;
+    let deadline = sleep_until(Instant::now() + config.identify_timeout);
+    tokio::pin!(deadline);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = mailbox.overflowed() => break End::Fatal(Fatal::SlowConsumer),
+            () = shutdown.cancelled() => break End::Goodbye("draining"),
+            () = &mut deadline => {
+                break End::Fatal(if identified {
+                    Fatal::HeartbeatTimeout
+                } else {
+                    Fatal::IdentifyDeadline
+                });
+            }
+            item = inbound.next() => {
+                let envelope = match item.unwrap_or(WireIn::Gone) {
+                    WireIn::Frame { bytes, kind } => match decode(&conn, &bytes, kind) {
+                        Ok(envelope) => envelope,
+                        Err(fatal) => break End::Fatal(fatal),
+                    },
+                    WireIn::TooLarge => break End::Fatal(Fatal::TooLarge {
+                        limit: config.max_frame_bytes,
+                    }),
+                    WireIn::Undecodable(detail) => break End::Fatal(Fatal::Decode(Some(detail))),
+                    WireIn::Closed => break End::PeerClosed,
+                    WireIn::Gone => break End::PeerGone,
+                };
+                let inbound = Inbound { conn: conn.clone(), envelope };
+                let outcome = match service.ready().await {
+                    Ok(svc) => svc.call(inbound).await,
+                    Err(never) => match never {},
+                };
+                match outcome {
+                    Ok(Outcome::Continue) => {}
+                    Ok(Outcome::Identified) => {
+                        identified = true;
+                        deadline.as_mut().reset(Instant::now() + config.heartbeat_timeout);
+                    }
+                    Ok(Outcome::Heartbeat) => {
+                        deadline.as_mut().reset(Instant::now() + config.heartbeat_timeout);
+                    }
+                    Ok(Outcome::Close(fatal)) => break End::Fatal(fatal),
+                    Err(never) => match never {},
+                }
+            }
+        }
+    };
+
+    // Cleanup comes first, so a client that reconnects at once is not a duplicate (§4.8).
+    router.cleanup(&conn);
+    match &end {
+        End::Fatal(fatal) => {
+            tracing::debug!(error = %fatal, class = fatal.class(), "closing with op 8");
+            mailbox.finish(
+                Some(fatal.to_frame()),
+                Some(Close::new(fatal.close_code(), &fatal.to_string())),
+            );
+        }
+        End::Goodbye(reason) => {
+            mailbox.finish(
+                Some(Router::goodbye(reason)),
+                Some(Close::new(close_code::GOING_AWAY, reason)),
+            );
+        }
+        End::PeerClosed | End::PeerGone => mailbox.finish(None, None),
+    }
+    if !matches!(end, End::PeerGone) {
+        // Wait for the peer's close (or, when the peer closed first, keep reading so the
+        // transport can flush its echo), but never longer than the close timeout.
+        let _ = timeout(config.close_timeout, async {
+            while let Some(item) = inbound.next().await {
+                if matches!(item, WireIn::Closed | WireIn::Gone) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    tracing::debug!(?end, "session ended");
+}
+
+/// Checks the frame kind and decodes one frame into an envelope.
+fn decode(conn: &Conn, bytes: &[u8], kind: Option<FrameKind>) -> Result<Envelope, Fatal> {
+    if let Some(kind) = kind
+        && kind != ganglion_codecs::frame_kind(conn.encoding)
+    {
+        return Err(Fatal::FrameKind {
+            kind: match kind {
+                FrameKind::Text => "text",
+                FrameKind::Binary => "binary",
+            },
+            encoding: conn.encoding,
+        });
+    }
+    let value = ganglion_codecs::decode(conn.encoding, bytes)
+        .map_err(|e| Fatal::Decode(Some(e.to_string())))?;
+    Envelope::from_value(value)
+}
+
+/// Drains the mailbox into the connection: every frame queued at once is fed, then flushed
+/// together, so a burst costs one write instead of one per frame.
+async fn write_loop<W>(mailbox: Arc<Mailbox>, mut sink: W)
+where
+    W: Sink<WireOut> + Unpin,
+{
+    loop {
+        let batch = mailbox.next_batch().await;
+        for frame in batch.frames {
+            if sink.feed(WireOut::Frame(frame)).await.is_err() {
+                return;
+            }
+        }
+        match batch.finish {
+            None => {
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Some(close) => {
+                if let Some(close) = close {
+                    let _ = sink.feed(WireOut::Close(close)).await;
+                }
+                let _ = sink.flush().await;
+                return;
+            }
+        }
+    }
+}

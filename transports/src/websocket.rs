@@ -1,0 +1,101 @@
+//! The websocket transport (SPEC §2.1): adapts an upgraded axum `WebSocket` to the session
+//! loop. The HTTP side of the handshake (path, `encoding`, `Origin`) is the gateway's.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use futures_util::{SinkExt, StreamExt, future};
+use ganglion_codecs::FrameKind;
+use ganglion_core::{Conn, Encoding, Inbound, Outcome, Transport};
+use std::convert::Infallible;
+use tower::Service;
+use tracing::Instrument;
+
+use crate::mailbox::Mailbox;
+use crate::session::{self, SessionConfig, SessionContext, WireIn, WireOut};
+
+/// Tungstenite's read buffer is 128 KiB by default, per connection; ganglion's frames are
+/// small, and an idle connection should cost a few KiB.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Outbound frames are written through once this much is buffered.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Applies the per-connection limits to an upgrade before it is accepted.
+pub fn configure(upgrade: WebSocketUpgrade, config: &SessionConfig) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // Past the mailbox bound plus one batch, writes fail instead of buffering more.
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * config.outbound_buffer_bytes.max(1))
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+}
+
+/// Serves one upgraded websocket until it closes.
+pub async fn serve<S>(
+    socket: WebSocket,
+    encoding: Encoding,
+    peer: IpAddr,
+    ctx: SessionContext<S>,
+) where
+    S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
+    S::Future: Send,
+{
+    let mailbox = Arc::new(Mailbox::new(encoding, ctx.config.outbound_buffer_bytes));
+    let conn = Arc::new(Conn::new(
+        Transport::Websocket,
+        encoding,
+        Some(peer),
+        mailbox.clone(),
+    ));
+    let span = tracing::debug_span!("ws", conn = conn.id, %peer, %encoding);
+    let (sink, stream) = socket.split();
+    let text = ganglion_codecs::frame_kind(encoding) == FrameKind::Text;
+    let outbound = sink.with(move |out: WireOut| {
+        future::ready(Ok::<_, axum::Error>(match out {
+            WireOut::Frame(bytes) if text => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => Message::Text(text),
+                // Our JSON encoder only writes UTF-8; never send a broken text frame.
+                Err(_) => Message::Binary(Default::default()),
+            },
+            WireOut::Frame(bytes) => Message::Binary(bytes),
+            WireOut::Close(close) => Message::Close(Some(CloseFrame {
+                code: close.code,
+                reason: Utf8Bytes::from(close.reason),
+            })),
+        }))
+    });
+    let inbound = stream.filter_map(|item| future::ready(wire_in(item)));
+    session::run(conn, mailbox, inbound, Box::pin(outbound), ctx)
+        .instrument(span)
+        .await;
+}
+
+/// Maps one websocket read to what the session loop understands. Pings are answered by
+/// tungstenite itself, with the same data, in every state.
+fn wire_in(item: Result<Message, axum::Error>) -> Option<WireIn> {
+    match item {
+        Ok(Message::Text(text)) => Some(WireIn::Frame {
+            bytes: text.into(),
+            kind: Some(FrameKind::Text),
+        }),
+        Ok(Message::Binary(bytes)) => Some(WireIn::Frame {
+            bytes,
+            kind: Some(FrameKind::Binary),
+        }),
+        Ok(Message::Ping(_) | Message::Pong(_)) => None,
+        Ok(Message::Close(_)) => Some(WireIn::Closed),
+        Err(err) => Some(classify(err)),
+    }
+}
+
+fn classify(err: axum::Error) -> WireIn {
+    use tungstenite::error::{CapacityError, Error};
+    let inner = err.into_inner();
+    match inner.downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => WireIn::TooLarge,
+        Some(Error::Utf8(detail)) => WireIn::Undecodable(format!("text message: {detail}")),
+        _ => WireIn::Gone,
+    }
+}

@@ -294,3 +294,153 @@ fn conjunction(mut conds: Vec<Cond>) -> Cond {
 fn unknown_operator(op: &str) -> QueryError {
     QueryError::new(format!("op: unknown operator '{op}'"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(s: &str) -> Value {
+        serde_json::from_str(s).expect("test JSON")
+    }
+
+    fn parse(s: &str) -> Query {
+        parse_query(&json(s), QueryLimits::default()).expect("valid query")
+    }
+
+    fn ops(elements: &str) -> Vec<Cond> {
+        parse(&format!(r#"{{"ops": {elements}}}"#)).ops
+    }
+
+    fn cmp(pointer: &str, op: CmpOp, value: &str) -> Cond {
+        Cond::Cmp {
+            path: Path::from_pointer(pointer).expect("valid pointer"),
+            op,
+            operand: Operand::Value(json(value)),
+        }
+    }
+
+    #[test]
+    fn fields_default_when_absent() {
+        let q = parse("{}");
+        assert_eq!(q.application, AppFilter::Any);
+        assert!(!q.restricted && !q.droppable && !q.optional);
+        assert_eq!((q.key, q.ops, q.selector), (None, vec![], None));
+    }
+
+    #[test]
+    fn fields_accept_their_documented_shapes() {
+        let q = parse(
+            r#"{"application": "api", "restricted": "true", "droppable": true, "optional": "yes",
+                "key": "user-42", "ops": null, "selector": {"$avg": "a/b"}, "nonce": 1}"#,
+        );
+        assert_eq!(q.application, AppFilter::Exact("api".into()));
+        assert!(q.restricted && q.droppable && !q.optional);
+        assert_eq!(q.key.as_deref(), Some("user-42"));
+        let sel = q.selector.expect("selector");
+        assert_eq!(sel.kind, SelectorKind::Avg);
+        assert_eq!(sel.path.top_key(), Some("a/b"));
+        assert_eq!(
+            parse(r#"{"application": ["api"]}"#).application,
+            AppFilter::Nothing
+        );
+        assert_eq!(
+            parse(r#"{"application": null}"#).application,
+            AppFilter::Any
+        );
+        assert_eq!(parse(r#"{"key": 5}"#).key, None);
+        assert!(!parse(r#"{"restricted": "True"}"#).restricted);
+        let pointer = parse(r#"{"selector": {"$min": "/limits/rps"}}"#).selector;
+        assert_eq!(
+            pointer.map(|s| s.path.segments().to_vec()),
+            Some(vec!["limits".to_owned(), "rps".to_owned()])
+        );
+    }
+
+    #[test]
+    fn v2_forms_build_comparisons_and_logical_nodes() {
+        assert_eq!(
+            ops(
+                r#"[{"path": "/a", "op": "$lt", "to": {"type": "integer", "value": 1, "path": "/x"}}]"#
+            ),
+            vec![cmp("/a", CmpOp::Lt, "1")]
+        );
+        assert_eq!(
+            ops(r#"[{"path": "/a", "op": "$eq", "to": {"path": "/b"}}]"#),
+            vec![Cond::Cmp {
+                path: Path::literal_key("a"),
+                op: CmpOp::Eq,
+                operand: Operand::Path {
+                    path: Path::literal_key("b"),
+                    default: Value::Null
+                },
+            }]
+        );
+        assert_eq!(
+            ops(r#"[{"op": "$nor", "with": [{"op": "$or", "with": []}]}]"#),
+            vec![Cond::Nor(vec![Cond::Or(vec![])])]
+        );
+    }
+
+    #[test]
+    fn v1_forms_map_into_the_same_tree() {
+        assert_eq!(
+            ops(r#"[{"load": {"$eq": 1}}]"#),
+            ops(r#"[{"path": "/load", "op": "$eq", "to": {"value": 1}}]"#)
+        );
+        assert_eq!(
+            ops(r#"[{"load": {"$gte": 40, "$lt": 50}}]"#),
+            vec![Cond::And(vec![
+                cmp("/load", CmpOp::Gte, "40"),
+                cmp("/load", CmpOp::Lt, "50")
+            ])]
+        );
+        assert_eq!(
+            ops(r#"[{"load": {"$and": [{"$gt": 10}, {"$lt": 20}]}}]"#),
+            vec![Cond::And(vec![
+                cmp("/load", CmpOp::Gt, "10"),
+                cmp("/load", CmpOp::Lt, "20")
+            ])]
+        );
+        assert_eq!(
+            ops(
+                r#"[{"$or": [{"region": {"$eq": "eu"}}, {"path": "/beta", "op": "$eq", "to": {"value": true}}]}]"#
+            ),
+            vec![Cond::Or(vec![
+                cmp("/region", CmpOp::Eq, r#""eu""#),
+                cmp("/beta", CmpOp::Eq, "true")
+            ])]
+        );
+        // A v1 name is a literal key, and `op` that is not a string makes the element v1.
+        assert_eq!(
+            ops(r#"[{"a/b": {"$eq": 1}}]"#),
+            vec![cmp("/a~1b", CmpOp::Eq, "1")]
+        );
+        assert_eq!(
+            ops(r#"[{"op": {"$eq": 1}}]"#),
+            vec![cmp("/op", CmpOp::Eq, "1")]
+        );
+    }
+
+    #[test]
+    fn depth_counts_every_logical_operator() {
+        let limits = QueryLimits { max_depth: 2 };
+        let ok = json(r#"{"ops": [{"op": "$and", "with": [{"x": {"$or": [{"$eq": 1}]}}]}]}"#);
+        assert!(parse_query(&ok, limits).is_ok());
+        let deep = json(
+            r#"{"ops": [{"op": "$and", "with": [{"x": {"$or": [{"$and": [{"$eq": 1}]}]}}]}]}"#,
+        );
+        assert_eq!(
+            parse_query(&deep, limits).map_err(|e| e.reason),
+            Err("query: nested too deeply (max depth 2)".to_owned())
+        );
+        let none = json(r#"{"ops": [{"$nor": []}]}"#);
+        assert!(parse_query(&none, QueryLimits { max_depth: 0 }).is_err());
+        assert!(
+            parse_query(
+                &json(r#"{"ops": [{"x": {"$eq": 1}}]}"#),
+                QueryLimits { max_depth: 0 }
+            )
+            .is_ok()
+        );
+    }
+}

@@ -296,15 +296,9 @@ mod tests {
 
     #[test]
     fn build_metadata_is_ignored_by_precedence_equality_and_hash() {
-        use std::collections::hash_map::DefaultHasher;
         let (a, b) = (v("1.0.0+a"), v("1.0.0+b.1"));
         assert_eq!(a, b);
-        let hash = |x: &Version| {
-            let mut h = DefaultHasher::new();
-            x.hash(&mut h);
-            h.finish()
-        };
-        assert_eq!(hash(&a), hash(&b));
+        assert_eq!(hash_of(&a), hash_of(&b));
         assert_eq!(a.build(), "a");
         assert_eq!(a.to_string(), "1.0.0+a");
     }
@@ -368,5 +362,43 @@ mod tests {
     fn compare_needs_both_sides_valid() {
         assert_eq!(compare("1.0.0", "1.0"), None);
         assert_eq!(compare("1.0.0+x", "1.0.0"), Some(Ordering::Equal));
+    }
+
+    fn hash_of(x: &Version) -> u64 {
+        use std::collections::hash_map::DefaultHasher;
+        let mut h = DefaultHasher::new();
+        x.hash(&mut h);
+        h.finish()
+    }
+
+    const VERSION: &str = "(0|[1-9][0-9]{0,2})\\.(0|[1-9])\\.(0|1)\
+        (-(0|[1-9][0-9]{0,21}|[a-z-]{1,2})(\\.(0|[1-9][0-9]{0,21}|[a-zA-Z-]{1,2})){0,2})?\
+        (\\+[a-z0-9]{1,2})?";
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_text_never_panics(s in "\\PC{0,24}") {
+            let parsed = Version::parse(&s);
+            proptest::prop_assert_eq!(parsed.is_some(), is_valid(&s));
+            if let Some(v) = parsed {
+                proptest::prop_assert_eq!(v.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn precedence_is_a_total_order_consistent_with_hash(
+            a in VERSION, b in VERSION, c in VERSION,
+        ) {
+            let (va, vb, vc) = (v(&a), v(&b), v(&c));
+            proptest::prop_assert_eq!(va.to_string(), a.clone());
+            proptest::prop_assert_eq!(va.cmp(&vb), vb.cmp(&va).reverse());
+            proptest::prop_assert_eq!(compare(&a, &b), Some(va.cmp(&vb)));
+            if va <= vb && vb <= vc {
+                proptest::prop_assert!(va <= vc);
+            }
+            if va == vb {
+                proptest::prop_assert_eq!(hash_of(&va), hash_of(&vb));
+            }
+        }
     }
 }

@@ -283,12 +283,13 @@ fn literal_operand(op: CmpOp, value: &Value) -> Result<Operand, QueryError> {
 /// Several conditions that must all hold; a single one stands for itself, so the implicit AND
 /// of a v1 element adds no node (and no depth).
 fn conjunction(mut conds: Vec<Cond>) -> Cond {
-    if conds.len() == 1
-        && let Some(only) = conds.pop()
-    {
-        return only;
+    match conds.pop() {
+        Some(only) if conds.is_empty() => only,
+        last => {
+            conds.extend(last);
+            Cond::And(conds)
+        }
     }
-    Cond::And(conds)
 }
 
 fn unknown_operator(op: &str) -> QueryError {

@@ -345,11 +345,10 @@ impl Registry {
             }
         }
         if let Some(selector) = &q.selector {
-            let docs: Vec<(Slot, &Metadata)> = matched
+            let docs = matched
                 .iter()
-                .filter_map(|slot| self.get(*slot).map(|r| (*slot, &r.metadata)))
-                .collect();
-            matched = select::apply(selector, &docs);
+                .filter_map(|slot| self.get(*slot).map(|r| (*slot, &r.metadata)));
+            matched = select::apply(selector, docs);
         }
         matched
     }

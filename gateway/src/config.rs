@@ -352,8 +352,21 @@ fn merge_setting(dict: &mut Dict, key: &str, raw: &str) {
         raw.parse().unwrap_or_else(|never| match never {})
     };
     if let Some(nested) = figment::util::nest(&key, value).into_dict() {
-        let merged = std::mem::take(dict).merge(nested);
-        *dict = merged;
+        merge_dicts(dict, nested);
+    }
+}
+
+/// Merges `from` into `into`, recursing into dicts, later values winning.
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(FigValue::Dict(_, existing)), FigValue::Dict(_, nested)) => {
+                merge_dicts(existing, nested);
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
     }
 }
 

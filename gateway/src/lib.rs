@@ -1,0 +1,16 @@
+//! The ganglion gateway: configuration, the HTTP API and websocket handshake, the session
+//! middleware stack, and the node that ties them together. The `ganglion` binary is a thin
+//! `main` over [`Gateway`].
+//!
+//! - [`config`]: layered configuration (defaults < file < environment < flags);
+//! - [`http`]: routes of SPEC §9;
+//! - [`service`]: the tower stack every session runs;
+//! - [`server`]: binding, serving, draining.
+
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod service;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use server::{Gateway, StartError};

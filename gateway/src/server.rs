@@ -1,0 +1,180 @@
+//! Assembles a node from its configuration and runs it: binds the listener, builds the router
+//! and the session stack, serves HTTP and websockets, and drains gracefully.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use ganglion_core::auth::Auth;
+use ganglion_core::{Router, RouterConfig};
+use ganglion_transports::SessionContext;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{AppState, Health, app};
+use crate::service::session_stack;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid listen address `{addr}`: expected HOST:PORT, e.g. [::]:4000 or 127.0.0.1:4000")]
+    Address { addr: String },
+    #[error("cannot listen on {addr}: {source} (is another process using the port? set `listen` or PORT)")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// A running node.
+pub struct Gateway {
+    http_addr: SocketAddr,
+    router: Arc<Router>,
+    health: Arc<Health>,
+    /// Cancelled to drain: every session says goodbye.
+    sessions_shutdown: CancellationToken,
+    /// Cancelled to stop the HTTP server once sessions are gone.
+    http_shutdown: CancellationToken,
+    sessions: TaskTracker,
+    close_timeout: Duration,
+    server: JoinHandle<io::Result<()>>,
+}
+
+impl Gateway {
+    /// Binds the listener and starts serving. `env` is the process environment (for the node
+    /// id's host-name default).
+    pub async fn start(config: Config, env: &HashMap<String, String>) -> Result<Gateway, StartError> {
+        let node_id = config.node_id(env);
+        let router = Arc::new(Router::new(
+            RouterConfig {
+                node_id: Arc::from(node_id.as_str()),
+                heartbeat_interval_ms: config.gateway.heartbeat_interval_ms,
+                metadata: config.metadata_limits(),
+                query: config.query_limits(),
+            },
+            Auth::new(config.auth.password.clone(), config.auth.max_failures_per_minute),
+        ));
+        let listener = bind(&config.listen)?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: parse_addr(&config.listen).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })?;
+
+        let health = Arc::new(Health::default());
+        let sessions_shutdown = CancellationToken::new();
+        let http_shutdown = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let close_timeout = Duration::from_millis(config.gateway.close_timeout_ms);
+        let state = AppState {
+            router: router.clone(),
+            session: SessionContext {
+                router: router.clone(),
+                service: session_stack(router.clone()),
+                config: Arc::new(config.session()),
+                shutdown: sessions_shutdown.clone(),
+            },
+            config: Arc::new(config),
+            health: health.clone(),
+            sessions: sessions.clone(),
+        };
+        let listener = listener.tap_io(|tcp| {
+            // Frames are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+        });
+        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = http_shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        health.set_ready();
+        tracing::info!(%http_addr, node = %node_id, "ganglion is listening");
+        Ok(Gateway {
+            http_addr,
+            router,
+            health,
+            sessions_shutdown,
+            http_shutdown,
+            sessions,
+            close_timeout,
+            server,
+        })
+    }
+
+    /// The bound HTTP/websocket address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Drains the node (SPEC §10.8): readiness turns 503, new websockets are refused, every
+    /// client gets op 7 `draining` and close 1001, then the HTTP server stops.
+    pub async fn drain(self) {
+        tracing::info!("draining: saying goodbye to every client");
+        self.health.set_draining();
+        self.sessions_shutdown.cancel();
+        self.sessions.close();
+        // Each session flushes its goodbye and waits at most `close_timeout` for the peer.
+        let bound = self.close_timeout * 2 + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.sessions.wait()).await.is_err() {
+            tracing::warn!("some connections did not close in time; exiting anyway");
+        }
+        self.http_shutdown.cancel();
+        match tokio::time::timeout(self.close_timeout, self.server).await {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server ended with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "HTTP server task failed"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+        tracing::info!("drained");
+    }
+}
+
+fn parse_addr(addr: &str) -> Option<SocketAddr> {
+    addr.parse().ok()
+}
+
+/// Binds a listener. `[::]` listens on IPv6 and IPv4 alike (dual-stack); where IPv6 is not
+/// available at all, the wildcard falls back to `0.0.0.0`.
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    let parsed = parse_addr(addr).ok_or_else(|| StartError::Address {
+        addr: addr.to_owned(),
+    })?;
+    match bind_socket(parsed) {
+        Ok(listener) => Ok(listener),
+        Err(err) if parsed.ip().is_unspecified() && parsed.is_ipv6() && ipv6_missing(&err) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], parsed.port()));
+            tracing::warn!(%err, "IPv6 is not available; listening on {v4} instead");
+            bind_socket(v4).map_err(|source| StartError::Bind { addr: v4, source })
+        }
+        Err(source) => Err(StartError::Bind {
+            addr: parsed,
+            source,
+        }),
+    }
+}
+
+/// `EAFNOSUPPORT` or `EADDRNOTAVAIL` (Linux numbering): the host has no usable IPv6.
+fn ipv6_missing(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(97 | 99))
+}
+
+fn bind_socket(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Dual-stack on every platform, whatever the system default.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

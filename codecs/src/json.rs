@@ -49,7 +49,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
             return Err(DecodeError::at("the top-level value is not an object", at));
         }
     }
-    // serde_json's recursion limit refuses the 128th nested container: that is `MAX_NESTING`.
+    // serde_json's default recursion limit is what enforces `MAX_NESTING` here (see its docs).
     match serde_json::from_slice::<Value>(bytes) {
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(DecodeError::new("the top-level value is not an object")),

@@ -580,7 +580,10 @@ mod tests {
         let limits = MetadataLimits::default();
         let md = doc();
         let update = Map::from([
-            ("big".to_owned(), entry("string", Value::from("x".repeat(70_000)))),
+            (
+                "big".to_owned(),
+                entry("string", Value::from("x".repeat(70_000))),
+            ),
             ("small".to_owned(), entry("integer", Value::Int(1))),
         ]);
         let errors = md.prepare(&update, &limits).unwrap_err();

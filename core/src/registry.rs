@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::error::Fatal;
 use crate::frame::Out;
-use crate::metadata::{Metadata, MetaType, Update, UpdateStrategy, reserved};
+use crate::metadata::{MetaType, Metadata, Update, UpdateStrategy, reserved};
 use crate::query::{AppFilter, CmpOp, Cond, Operand, Query, rendezvous, select};
 use crate::semver::Version;
 use crate::session::{ConnId, Outbox};
@@ -50,7 +50,10 @@ impl ClientRecord {
         Out::Map(vec![
             ("app_id", Out::str(self.application_id.clone())),
             ("client_id", Out::str(self.client_id.clone())),
-            ("metadata", Out::Value(Value::Object(self.metadata.values()))),
+            (
+                "metadata",
+                Out::Value(Value::Object(self.metadata.values())),
+            ),
             (
                 "metadata_types",
                 Out::Value(Value::Object(self.metadata.types())),
@@ -221,10 +224,7 @@ impl Registry {
         if record.receive_client_updates && !record.restricted {
             self.subscribers.insert(slot);
         }
-        let app = self
-            .apps
-            .entry(record.application_id.clone())
-            .or_default();
+        let app = self.apps.entry(record.application_id.clone()).or_default();
         app.members.insert(slot);
         for (key, entry) in record.metadata.iter() {
             app.index(slot, key, &entry.value, entry.ty, true);

@@ -395,7 +395,10 @@ impl Router {
         let nodes = self.query_clients(&query);
         conn.send(OutFrame::dispatch(
             "QUERY_NODES",
-            Out::Map(vec![("nonce", Out::Value(nonce)), ("nodes", Out::List(nodes))]),
+            Out::Map(vec![
+                ("nonce", Out::Value(nonce)),
+                ("nodes", Out::List(nodes)),
+            ]),
         ));
         Ok(())
     }

@@ -159,7 +159,10 @@ mod tests {
     #[test]
     fn peer_addresses_are_formatted_as_the_original_did() {
         assert_eq!(format_peer_ip("127.0.0.1".parse().unwrap()), "127.0.0.1");
-        assert_eq!(format_peer_ip("::ffff:127.0.0.1".parse().unwrap()), "127.0.0.1");
+        assert_eq!(
+            format_peer_ip("::ffff:127.0.0.1".parse().unwrap()),
+            "127.0.0.1"
+        );
         assert_eq!(
             format_peer_ip("2001:db8::8a2e:370:7334".parse().unwrap()),
             "2001:0db8:0000:0000:0000:8a2e:0370:7334"

@@ -12,8 +12,9 @@ use std::fmt::Write as _;
 /// An object: string keys, unique, order not significant.
 pub type Map = BTreeMap<String, Value>;
 
-/// Nesting deeper than this is refused by every decoder, so recursive code over values
-/// (comparison, encoding, validation) can never exhaust the stack.
+/// Every decoder refuses a frame whose containers nest this deep (127 levels are accepted, as
+/// serde_json's own limit allows), so recursive code over values (comparison, encoding,
+/// validation) can never exhaust the stack.
 pub const MAX_DECODE_DEPTH: usize = 128;
 
 /// One value of the data model.
@@ -196,7 +197,9 @@ impl Value {
                     .sum::<usize>()
                     + map.len().saturating_sub(1)
             }
-            other => other.to_json().len(),
+            Value::Int(i) => decimal_len(i.unsigned_abs()) + usize::from(*i < 0),
+            Value::UInt(u) => decimal_len(*u),
+            Value::Float(_) => self.to_json().len(),
         }
     }
 }
@@ -282,6 +285,15 @@ pub fn write_json_str(s: &str, out: &mut String) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+fn decimal_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 10 {
+        n /= 10;
+        len += 1;
+    }
+    len
 }
 
 fn json_str_len(s: &str) -> usize {
@@ -531,7 +543,10 @@ mod tests {
         assert!(matches!(Num::F(3.0).canonical(), Num::I(3)));
         assert!(matches!(Num::F(-0.0).canonical(), Num::I(0)));
         assert!(matches!(Num::F(1.5).canonical(), Num::F(_)));
-        assert!(matches!(Num::F(1e19).canonical(), Num::U(10_000_000_000_000_000_000)));
+        assert!(matches!(
+            Num::F(1e19).canonical(),
+            Num::U(10_000_000_000_000_000_000)
+        ));
     }
 
     #[test]
@@ -540,12 +555,14 @@ mod tests {
             Value::Float(1.0),
             Value::Float(0.5),
             Value::Int(-3),
+            Value::Int(i64::MIN),
+            Value::Int(0),
             Value::from_u64(u64::MAX),
             Value::String("a\"b\\c\n\u{1}é".into()),
         ]);
         assert_eq!(
             v.to_json(),
-            r#"[1.0,0.5,-3,18446744073709551615,"a\"b\\c\n\u0001é"]"#
+            r#"[1.0,0.5,-3,-9223372036854775808,0,18446744073709551615,"a\"b\\c\n\u0001é"]"#
         );
         assert_eq!(v.json_len(), v.to_json().len());
     }

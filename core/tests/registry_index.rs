@@ -62,8 +62,14 @@ fn scalar() -> impl Strategy<Value = serde_json::Value> {
     prop_oneof![
         (-3i64..4).prop_map(|n| json!(n)),
         prop_oneof![Just(0.5), Just(1.0), Just(-2.0), Just(2.5)].prop_map(|f| json!(f)),
-        prop_oneof![Just("eu"), Just("us"), Just("1.2.0"), Just("1.10.0"), Just("")]
-            .prop_map(|s| json!(s)),
+        prop_oneof![
+            Just("eu"),
+            Just("us"),
+            Just("1.2.0"),
+            Just("1.10.0"),
+            Just("")
+        ]
+        .prop_map(|s| json!(s)),
         any::<bool>().prop_map(|b| json!(b)),
     ]
 }
@@ -73,11 +79,17 @@ fn entry() -> impl Strategy<Value = (String, serde_json::Value)> {
     let key = prop_oneof![Just("a"), Just("b"), Just("v"), Just("tags")];
     let value = prop_oneof![
         (-3i64..4).prop_map(|n| json!({"type": "integer", "value": n})),
-        prop_oneof![Just(0.5), Just(1.0), Just(2.5)].prop_map(|f| json!({"type": "float", "value": f})),
+        prop_oneof![Just(0.5), Just(1.0), Just(2.5)]
+            .prop_map(|f| json!({"type": "float", "value": f})),
         prop_oneof![Just("eu"), Just("us"), Just("1.2.0")]
             .prop_map(|s| json!({"type": "string", "value": s})),
-        prop_oneof![Just("1.2.0"), Just("1.10.0"), Just("2.0.0-rc.1"), Just("1.2.0+b")]
-            .prop_map(|s| json!({"type": "version", "value": s})),
+        prop_oneof![
+            Just("1.2.0"),
+            Just("1.10.0"),
+            Just("2.0.0-rc.1"),
+            Just("1.2.0+b")
+        ]
+        .prop_map(|s| json!({"type": "version", "value": s})),
         prop::collection::vec(scalar(), 0..4).prop_map(|l| json!({"type": "list", "value": l})),
         any::<bool>().prop_map(|b| json!({"type": "boolean", "value": b})),
     ];
@@ -90,22 +102,44 @@ fn metadata() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn comparison() -> impl Strategy<Value = serde_json::Value> {
-    let path = prop_oneof![Just("/a"), Just("/b"), Just("/v"), Just("/tags"), Just("/tags/0"), Just("/restricted")];
+    let path = prop_oneof![
+        Just("/a"),
+        Just("/b"),
+        Just("/v"),
+        Just("/tags"),
+        Just("/tags/0"),
+        Just("/restricted")
+    ];
     let op = prop_oneof![
-        Just("$eq"), Just("$ne"), Just("$gt"), Just("$gte"), Just("$lt"), Just("$lte"),
-        Just("$contains"), Just("$ncontains")
+        Just("$eq"),
+        Just("$ne"),
+        Just("$gt"),
+        Just("$gte"),
+        Just("$lt"),
+        Just("$lte"),
+        Just("$contains"),
+        Just("$ncontains")
     ];
     prop_oneof![
-        (path.clone(), op, scalar()).prop_map(|(p, o, x)| json!({"path": p, "op": o, "to": {"value": x}})),
-        (path.clone(), prop_oneof![Just("$in"), Just("$nin")], prop::collection::vec(scalar(), 0..3))
+        (path.clone(), op, scalar())
             .prop_map(|(p, o, x)| json!({"path": p, "op": o, "to": {"value": x}})),
-        (path.clone(), path).prop_map(|(p, q)| json!({"path": p, "op": "$lt", "to": {"path": q, "default": 1}})),
+        (
+            path.clone(),
+            prop_oneof![Just("$in"), Just("$nin")],
+            prop::collection::vec(scalar(), 0..3)
+        )
+            .prop_map(|(p, o, x)| json!({"path": p, "op": o, "to": {"value": x}})),
+        (path.clone(), path)
+            .prop_map(|(p, q)| json!({"path": p, "op": "$lt", "to": {"path": q, "default": 1}})),
     ]
 }
 
 fn condition() -> impl Strategy<Value = serde_json::Value> {
     comparison().prop_recursive(2, 8, 3, |inner| {
-        (prop_oneof![Just("$and"), Just("$or"), Just("$nor")], prop::collection::vec(inner, 0..3))
+        (
+            prop_oneof![Just("$and"), Just("$or"), Just("$nor")],
+            prop::collection::vec(inner, 0..3),
+        )
             .prop_map(|(op, with)| json!({"op": op, "with": with}))
     })
 }
@@ -135,9 +169,18 @@ fn query() -> impl Strategy<Value = serde_json::Value> {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Add { app: bool, metadata: serde_json::Value, restricted: bool },
-    Update { which: usize, metadata: serde_json::Value },
-    Remove { which: usize },
+    Add {
+        app: bool,
+        metadata: serde_json::Value,
+        restricted: bool,
+    },
+    Update {
+        which: usize,
+        metadata: serde_json::Value,
+    },
+    Remove {
+        which: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -199,7 +242,15 @@ proptest! {
 fn replace_updates_drop_stale_index_entries() {
     let mut registry = Registry::new("n");
     let slot = registry
-        .register(record("x", 1, &json!({"a": {"type": "integer", "value": 1}}), false), |_| {})
+        .register(
+            record(
+                "x",
+                1,
+                &json!({"a": {"type": "integer", "value": 1}}),
+                false,
+            ),
+            |_| {},
+        )
         .unwrap();
     let q = Query::parse(
         &to_value(json!({"ops": [{"path": "/a", "op": "$eq", "to": {"value": 1}}]})),
@@ -217,4 +268,3 @@ fn replace_updates_drop_stale_index_entries() {
     assert!(registry.match_set(&q).is_empty());
     assert!(registry.match_set_scan(&q).is_empty());
 }
-

@@ -225,7 +225,10 @@ pub struct Overrides {
 
 impl Config {
     /// Loads the layered configuration.
-    pub fn load(env: &HashMap<String, String>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        env: &HashMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         let file = overrides
             .config_file
@@ -267,10 +270,22 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("gateway.heartbeat_interval_ms", self.gateway.heartbeat_interval_ms),
-            ("gateway.identify_timeout_ms", self.gateway.identify_timeout_ms),
-            ("gateway.max_frame_bytes", self.gateway.max_frame_bytes as u64),
-            ("gateway.outbound_buffer_bytes", self.gateway.outbound_buffer_bytes as u64),
+            (
+                "gateway.heartbeat_interval_ms",
+                self.gateway.heartbeat_interval_ms,
+            ),
+            (
+                "gateway.identify_timeout_ms",
+                self.gateway.identify_timeout_ms,
+            ),
+            (
+                "gateway.max_frame_bytes",
+                self.gateway.max_frame_bytes as u64,
+            ),
+            (
+                "gateway.outbound_buffer_bytes",
+                self.gateway.outbound_buffer_bytes as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -439,8 +454,11 @@ mod tests {
 
     #[test]
     fn port_and_auth_are_honoured() {
-        let config = Config::load(&env(&[("PORT", "5000"), ("AUTH", "1234")]), &Overrides::default())
-            .unwrap();
+        let config = Config::load(
+            &env(&[("PORT", "5000"), ("AUTH", "1234")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(config.listen, "[::]:5000");
         assert_eq!(config.auth.password.as_deref(), Some("1234"));
     }
@@ -483,14 +501,20 @@ mod tests {
         let config = Config::load(&HashMap::new(), &overrides).unwrap();
         assert_eq!(config.metadata.update_strategy, UpdateStrategy::Replace);
         assert_eq!(config.auth.password.as_deref(), Some("42"));
-        assert_eq!(config.ws.allowed_origins, vec!["https://a.example".to_owned()]);
+        assert_eq!(
+            config.ws.allowed_origins,
+            vec!["https://a.example".to_owned()]
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_name() {
-        let err = Config::load(&env(&[("GANGLION_GATEWAY__NOPE", "1")]), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            &env(&[("GANGLION_GATEWAY__NOPE", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("nope"), "{err}");
         let err = Config::load(
             &env(&[("GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS", "0")]),

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use ganglion_core::auth::{HttpAuthError, SourceKey};
 use ganglion_core::query::Query;
-use ganglion_core::{Encoding, Router, Value};
+use ganglion_core::{Encoding, Out, Router, Value};
 use ganglion_transports::SessionContext;
 use ganglion_transports::websocket;
 use serde_json::json;
@@ -111,7 +111,10 @@ async fn not_found() -> Response {
 async fn root() -> Response {
     (
         StatusCode::FOUND,
-        [(header::LOCATION, HeaderValue::from_static("/gateway/websocket"))],
+        [(
+            header::LOCATION,
+            HeaderValue::from_static("/gateway/websocket"),
+        )],
     )
         .into_response()
 }
@@ -263,8 +266,8 @@ async fn query(State(state): State<AppState>, body: Body) -> Response {
         Ok(query) => query,
         Err(e) => return errors(StatusCode::BAD_REQUEST, &e.reason),
     };
-    let clients = state.router.query_clients(&query);
-    let body = ganglion_codecs::json::encode_list(&clients);
+    let clients = Out::List(state.router.query_clients(&query));
+    let body = ganglion_codecs::Json::to_text(&clients);
     (
         StatusCode::OK,
         [(
@@ -292,10 +295,16 @@ mod tests {
             requested_encoding(Some("encoding=xml&encoding=msgpack")),
             Some(Encoding::Msgpack)
         );
-        assert_eq!(requested_encoding(Some("encoding=msgpack&encoding=x")), None);
+        assert_eq!(
+            requested_encoding(Some("encoding=msgpack&encoding=x")),
+            None
+        );
         assert_eq!(requested_encoding(Some("encoding=JSON")), None);
         assert_eq!(requested_encoding(Some("encoding=")), None);
-        assert_eq!(requested_encoding(Some("encoding=%6Ason")), Some(Encoding::Json));
+        assert_eq!(
+            requested_encoding(Some("encoding=%6Ason")),
+            Some(Encoding::Json)
+        );
         assert_eq!(requested_encoding(Some("encoding=json+")), None);
     }
 
@@ -304,7 +313,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert!(origin_allowed(&headers, &[]));
         assert!(origin_allowed(&headers, &["https://a.example".into()]));
-        headers.insert(header::ORIGIN, HeaderValue::from_static("https://b.example"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://b.example"),
+        );
         assert!(origin_allowed(&headers, &[]));
         assert!(!origin_allowed(&headers, &["https://a.example".into()]));
         assert!(origin_allowed(&headers, &["https://b.example".into()]));

@@ -23,9 +23,13 @@ use crate::service::session_stack;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid listen address `{addr}`: expected HOST:PORT, e.g. [::]:4000 or 127.0.0.1:4000")]
+    #[error(
+        "invalid listen address `{addr}`: expected HOST:PORT, e.g. [::]:4000 or 127.0.0.1:4000"
+    )]
     Address { addr: String },
-    #[error("cannot listen on {addr}: {source} (is another process using the port? set `listen` or PORT)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another process using the port? set `listen` or PORT)"
+    )]
     Bind { addr: SocketAddr, source: io::Error },
 }
 
@@ -46,7 +50,10 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listener and starts serving. `env` is the process environment (for the node
     /// id's host-name default).
-    pub async fn start(config: Config, env: &HashMap<String, String>) -> Result<Gateway, StartError> {
+    pub async fn start(
+        config: Config,
+        env: &HashMap<String, String>,
+    ) -> Result<Gateway, StartError> {
         let node_id = config.node_id(env);
         let router = Arc::new(Router::new(
             RouterConfig {
@@ -55,7 +62,10 @@ impl Gateway {
                 metadata: config.metadata_limits(),
                 query: config.query_limits(),
             },
-            Auth::new(config.auth.password.clone(), config.auth.max_failures_per_minute),
+            Auth::new(
+                config.auth.password.clone(),
+                config.auth.max_failures_per_minute,
+            ),
         ));
         let listener = bind(&config.listen)?;
         let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -123,7 +133,10 @@ impl Gateway {
         self.sessions.close();
         // Each session flushes its goodbye and waits at most `close_timeout` for the peer.
         let bound = self.close_timeout * 2 + Duration::from_secs(1);
-        if tokio::time::timeout(bound, self.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(bound, self.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close in time; exiting anyway");
         }
         self.http_shutdown.cancel();

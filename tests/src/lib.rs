@@ -100,8 +100,11 @@ impl TestGateway {
 
     /// Connects and identifies `application_id/client_id`, returning the client after ready.
     pub async fn identify(&self, encoding: Enc, application_id: &str, client_id: &str) -> Client {
-        self.identify_with(encoding, json!({"application_id": application_id, "client_id": client_id}))
-            .await
+        self.identify_with(
+            encoding,
+            json!({"application_id": application_id, "client_id": client_id}),
+        )
+        .await
     }
 
     /// Connects and identifies with the given identify `d`, asserting an unrestricted ready.
@@ -257,11 +260,19 @@ impl Client {
     pub async fn recv(&mut self) -> Value {
         match self.next_message().await {
             Some(Message::Text(text)) => {
-                assert_eq!(self.encoding, Enc::Json, "a text frame on a msgpack connection");
+                assert_eq!(
+                    self.encoding,
+                    Enc::Json,
+                    "a text frame on a msgpack connection"
+                );
                 serde_json::from_str(&text).expect("JSON frame")
             }
             Some(Message::Binary(bytes)) => {
-                assert_eq!(self.encoding, Enc::Msgpack, "a binary frame on a JSON connection");
+                assert_eq!(
+                    self.encoding,
+                    Enc::Msgpack,
+                    "a binary frame on a JSON connection"
+                );
                 rmp_serde::from_slice(&bytes).expect("msgpack frame")
             }
             other => panic!("expected a frame, got {other:?}"),

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ganglion_codecs::Codec;
 use ganglion_core::frame::{Encoding, OutFrame, Outgoing};
 use ganglion_core::session::Outbox;
 use parking_lot::Mutex;
@@ -64,7 +65,8 @@ struct State {
 
 /// One connection's outbound queue.
 pub struct Mailbox {
-    encoding: Encoding,
+    /// The connection's codec; frames are encoded at push time so the bound counts real bytes.
+    codec: &'static dyn Codec,
     limit: usize,
     state: Mutex<State>,
     /// Wakes the writer when frames arrive or the mailbox finishes.
@@ -76,9 +78,9 @@ pub struct Mailbox {
 // === impl Mailbox ===
 
 impl Mailbox {
-    pub fn new(encoding: Encoding, limit: usize) -> Mailbox {
+    pub fn new(codec: &'static dyn Codec, limit: usize) -> Mailbox {
         Mailbox {
-            encoding,
+            codec,
             limit,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -90,8 +92,8 @@ impl Mailbox {
         }
     }
 
-    fn encode(&self, frame: &Arc<Outgoing>) -> Bytes {
-        frame.encoded(self.encoding, |f| ganglion_codecs::encode(self.encoding, f))
+    fn encode(&self, frame: &Outgoing) -> Bytes {
+        self.codec.encode_once(frame)
     }
 
     /// Resolves once the connection has become a slow consumer.
@@ -102,7 +104,7 @@ impl Mailbox {
     /// Queues the last frame and the close that follows it; later pushes are refused. After
     /// an overflow the queue is already empty, so the final frame is always accepted.
     pub fn finish(&self, last: Option<OutFrame>, close: Option<Close>) {
-        let bytes = last.map(|f| self.encode(&Arc::new(Outgoing::new(f))));
+        let bytes = last.map(|f| self.codec.encode(&f));
         let mut state = self.state.lock();
         if matches!(state.status, Status::Finishing(_) | Status::Done) {
             return;
@@ -153,7 +155,7 @@ impl Mailbox {
 
 impl Outbox for Mailbox {
     fn encoding(&self) -> Encoding {
-        self.encoding
+        self.codec.encoding()
     }
 
     fn push(&self, frame: &Arc<Outgoing>) -> bool {
@@ -193,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_is_always_accepted_into_an_empty_mailbox() {
-        let mailbox = Mailbox::new(Encoding::Json, 10);
+        let mailbox = Mailbox::new(&ganglion_codecs::Json, 10);
         assert!(mailbox.push(&frame(100)));
         let batch = mailbox.next_batch().await;
         assert_eq!(batch.frames.len(), 1);
@@ -203,14 +205,20 @@ mod tests {
 
     #[tokio::test]
     async fn going_past_the_bound_drops_the_queue_and_signals_overflow() {
-        let mailbox = Mailbox::new(Encoding::Json, 200);
+        let mailbox = Mailbox::new(&ganglion_codecs::Json, 200);
         assert!(mailbox.push(&frame(50)));
         assert!(mailbox.push(&frame(50)));
         assert!(!mailbox.push(&frame(150)));
         assert_eq!(mailbox.queued_bytes(), 0);
         mailbox.overflowed().await;
-        assert!(!mailbox.push(&frame(1)), "an overflowed mailbox refuses frames");
-        mailbox.finish(Some(OutFrame::new(8, Out::Null)), Some(Close::new(1008, "slow consumer")));
+        assert!(
+            !mailbox.push(&frame(1)),
+            "an overflowed mailbox refuses frames"
+        );
+        mailbox.finish(
+            Some(OutFrame::new(8, Out::Null)),
+            Some(Close::new(1008, "slow consumer")),
+        );
         let batch = mailbox.next_batch().await;
         assert_eq!(batch.frames.len(), 1, "only the final frame is written");
         assert_eq!(batch.finish, Some(Some(Close::new(1008, "slow consumer"))));
@@ -218,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_writer_takes_everything_queued_in_one_batch() {
-        let mailbox = Mailbox::new(Encoding::Msgpack, 1 << 20);
+        let mailbox = Mailbox::new(&ganglion_codecs::Msgpack, 1 << 20);
         for _ in 0..10 {
             assert!(mailbox.push(&frame(10)));
         }

@@ -33,16 +33,16 @@ pub fn configure(upgrade: WebSocketUpgrade, config: &SessionConfig) -> WebSocket
 }
 
 /// Serves one upgraded websocket until it closes.
-pub async fn serve<S>(
-    socket: WebSocket,
-    encoding: Encoding,
-    peer: IpAddr,
-    ctx: SessionContext<S>,
-) where
+pub async fn serve<S>(socket: WebSocket, encoding: Encoding, peer: IpAddr, ctx: SessionContext<S>)
+where
     S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
     S::Future: Send,
 {
-    let mailbox = Arc::new(Mailbox::new(encoding, ctx.config.outbound_buffer_bytes));
+    let Ok(codec) = ganglion_codecs::codec(encoding) else {
+        tracing::warn!(%encoding, "no codec for this encoding; closing");
+        return;
+    };
+    let mailbox = Arc::new(Mailbox::new(codec, ctx.config.outbound_buffer_bytes));
     let conn = Arc::new(Conn::new(
         Transport::Websocket,
         encoding,

@@ -465,27 +465,44 @@ mod tests {
 
     #[test]
     fn each_layer_overrides_the_one_before() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "ganglion.toml",
-                "listen = \"127.0.0.1:1\"\n[gateway]\nheartbeat_interval_ms = 1000\nidentify_timeout_ms = 7\n",
-            )?;
-            let vars = env(&[
-                ("GANGLION_CONFIG", "ganglion.toml"),
-                ("GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS", "2000"),
-                ("GANGLION_LISTEN", "127.0.0.1:2"),
-            ]);
-            let overrides = Overrides {
-                listen: Some("127.0.0.1:3".into()),
-                ..Overrides::default()
-            };
-            let config = Config::load(&vars, &overrides).map_err(|e| e.to_string())?;
-            assert_eq!(config.listen, "127.0.0.1:3");
-            assert_eq!(config.gateway.heartbeat_interval_ms, 2000);
-            assert_eq!(config.gateway.identify_timeout_ms, 7);
-            assert_eq!(config.heartbeat_timeout(), Duration::from_millis(3000));
-            Ok(())
-        });
+        let file =
+            std::env::temp_dir().join(format!("ganglion-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\n[gateway]\nheartbeat_interval_ms = 1000\nidentify_timeout_ms = 7\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("GANGLION_CONFIG", file.to_str().unwrap()),
+            ("GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS", "2000"),
+            ("GANGLION_LISTEN", "127.0.0.1:2"),
+        ]);
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            ..Overrides::default()
+        };
+        let loaded = Config::load(&vars, &overrides);
+        let _ = std::fs::remove_file(&file);
+        let config = loaded.unwrap();
+        assert_eq!(config.listen, "127.0.0.1:3", "flags beat the environment");
+        assert_eq!(
+            config.gateway.heartbeat_interval_ms, 2000,
+            "the environment beats the file"
+        );
+        assert_eq!(
+            config.gateway.identify_timeout_ms, 7,
+            "the file beats the defaults"
+        );
+        assert_eq!(config.heartbeat_timeout(), Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn a_missing_config_file_is_named_in_the_error() {
+        let vars = env(&[("GANGLION_CONFIG", "/nonexistent/ganglion.toml")]);
+        let err = Config::load(&vars, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/ganglion.toml"), "{err}");
     }
 
     #[test]

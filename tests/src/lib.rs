@@ -61,8 +61,10 @@ impl TestGateway {
     /// A node with defaults adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
         init_logs();
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".to_owned();
+        let mut config = Config {
+            listen: "127.0.0.1:0".to_owned(),
+            ..Config::default()
+        };
         config.node.id = Some("test-node".to_owned());
         adjust(&mut config);
         let gateway = Gateway::start(config, &HashMap::new())

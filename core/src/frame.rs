@@ -106,7 +106,7 @@ impl From<Value> for Out {
 }
 
 /// W3C trace context carried in the optional envelope key `trace` (SPEC §11).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TraceContext {
     pub traceparent: String,
     pub tracestate: Option<String>,

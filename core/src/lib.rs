@@ -8,6 +8,7 @@
 //! - [`metadata`]: typed metadata, reserved keys, validation and limits (SPEC §5);
 //! - [`semver`]: SemVer 2.0.0 parsing and precedence for `version` metadata;
 //! - [`query`]: the query language (SPEC §6);
+//! - [`queue`]: the queue state machine, its store trait and the group-commit journal (SPEC §8);
 //! - [`registry`]: registered clients and the indexes that make queries cheap;
 //! - [`router`]: identify, heartbeats and dispatch, as a `tower::Service`;
 //! - [`session`]: a connection as the router sees it, and the `Outbox` it pushes into;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod metadata;
 pub mod query;
+pub mod queue;
 pub mod registry;
 pub mod router;
 pub mod semver;

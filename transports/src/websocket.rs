@@ -26,8 +26,13 @@ pub fn configure(upgrade: WebSocketUpgrade, config: &SessionConfig) -> WebSocket
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        // Past the mailbox bound plus one batch, writes fail instead of buffering more.
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * config.outbound_buffer_bytes.max(1))
+        // No cap on tungstenite's write buffer. The writer feeds one frame at a time and waits
+        // for the socket whenever a write would block, so the buffer never holds more than
+        // `WRITE_BUFFER_BYTES` plus one frame, and the mailbox bounds what waits behind it. A
+        // cap would make every frame larger than it unsendable (the writer would stop for
+        // good), yet a frame is always accepted into an empty mailbox, whatever its size
+        // (SPEC §4.9).
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
 }

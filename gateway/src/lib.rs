@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod queue_store;
 pub mod server;
 pub mod service;
 

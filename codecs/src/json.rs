@@ -49,12 +49,45 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
             return Err(DecodeError::at("the top-level value is not an object", at));
         }
     }
+    let rewritten = integer_negative_zeros(bytes);
+    let bytes = rewritten.as_deref().unwrap_or(bytes);
     // serde_json's default recursion limit is what enforces `MAX_NESTING` here (see its docs).
     match serde_json::from_slice::<Value>(bytes) {
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(DecodeError::new("the top-level value is not an object")),
         Err(e) => Err(DecodeError::new(e.to_string())),
     }
+}
+
+/// serde_json reads the literal `-0` as the float `-0.0`. It has no fraction and no exponent and
+/// its value fits the integer range, so it is the integer 0 (SPEC §2.5). This rewrites every
+/// such literal outside strings to ` 0`, of the same length so error offsets do not move, and
+/// answers `None` (no copy) for the usual frame without one.
+fn integer_negative_zeros(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !bytes.windows(2).any(|w| w == b"-0") {
+        return None;
+    }
+    let mut rewritten: Option<Vec<u8>> = None;
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-'
+            && bytes.get(i + 1) == Some(&b'0')
+            // `-0.5`, `-0e1` are floats; `-01` is invalid and left for serde_json to refuse.
+            && !matches!(bytes.get(i + 2), Some(b'0'..=b'9' | b'.' | b'e' | b'E'))
+        {
+            rewritten.get_or_insert_with(|| bytes.to_vec())[i] = b' ';
+        }
+    }
+    rewritten
 }
 
 // === encode ===
@@ -328,6 +361,20 @@ mod tests {
             &bytes[..],
             br#"{"op":3,"d":{"q\"\n":"\u0001\\"},"t":null,"ts":42}"#
         );
+    }
+
+    #[test]
+    fn the_literal_minus_zero_is_the_integer_zero() {
+        let decoded = decode(br#"{"a":-0,"b":[-0, -0.0, -0e0, "-0", "\"-0"],"c":-0}"#).unwrap();
+        let expected: Value =
+            serde_json::from_str(r#"{"a":0,"b":[0, -0.0, -0.0, "-0", "\"-0"],"c":0}"#).unwrap();
+        assert_eq!(decoded, expected);
+        if let Value::Object(map) = &decoded {
+            assert_eq!(map["a"], Value::Int(0));
+            assert!(matches!(&map["b"], Value::Array(items) if items[1] == Value::Float(-0.0)));
+        }
+        assert!(decode(br#"{"a":-01}"#).is_err());
+        assert_eq!(integer_negative_zeros(br#"{"a":"x-0"}"#), None);
     }
 
     #[test]

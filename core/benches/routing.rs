@@ -83,7 +83,6 @@ fn registry(n: usize) -> Registry {
             socket_ip: None,
             proxy_address: None,
             metadata,
-            queues: Vec::new(),
             outbox: outbox.clone(),
             conn_id: i as u64,
         };

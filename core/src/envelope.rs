@@ -42,6 +42,14 @@ impl Envelope {
     pub fn event_name(&self) -> Option<&str> {
         self.t.as_str()
     }
+
+    /// Whether this frame may be handled while an earlier frame's effects are still pending.
+    /// SPEC §3.3 allows pipelining as long as the observable order is kept: every answer to a
+    /// QUEUE — confirm or error — is emitted in order by the queue journal, so consecutive
+    /// QUEUE frames can wait for their durable writes together.
+    pub fn is_pipelinable(&self) -> bool {
+        self.op == Some(crate::frame::op::DISPATCH) && self.event_name() == Some("QUEUE")
+    }
 }
 
 #[cfg(test)]

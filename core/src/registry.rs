@@ -36,8 +36,6 @@ pub struct ClientRecord {
     /// The address the proxy uses (SPEC §9.7): `socket_ip`, or the peer address when null.
     pub proxy_address: Option<String>,
     pub metadata: Metadata,
-    /// Queues the client waits on, in request order (SPEC §8.4).
-    pub queues: Vec<String>,
     pub outbox: Arc<dyn Outbox>,
     /// The connection that owns the registration; cleanup of another connection never
     /// removes it.
@@ -45,8 +43,9 @@ pub struct ClientRecord {
 }
 
 impl ClientRecord {
-    /// The client object of SPEC §9.4 (QUERY_NODES `nodes`, `POST /api/v1/query`).
-    pub fn client_object(&self) -> Out {
+    /// The client object of SPEC §9.4 (QUERY_NODES `nodes`, `POST /api/v1/query`), with the
+    /// queues the client waits on, in request order.
+    pub fn client_object(&self, queues: &[String]) -> Out {
         Out::Map(vec![
             ("app_id", Out::str(self.application_id.clone())),
             ("client_id", Out::str(self.client_id.clone())),
@@ -61,7 +60,7 @@ impl ClientRecord {
             ("socket_ip", Out::opt_str(self.socket_ip.clone())),
             (
                 "queues",
-                Out::List(self.queues.iter().map(|q| Out::str(q.clone())).collect()),
+                Out::List(queues.iter().map(|q| Out::str(q.clone())).collect()),
             ),
             ("node", Out::str(self.node.to_string())),
         ])
@@ -187,10 +186,6 @@ impl Registry {
         self.slots.get(slot as usize).and_then(Option::as_ref)
     }
 
-    fn get_mut(&mut self, slot: Slot) -> Option<&mut ClientRecord> {
-        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
-    }
-
     /// Whether an identity is registered.
     pub fn contains(&self, application_id: &str, client_id: &str) -> bool {
         self.identities
@@ -300,9 +295,21 @@ impl Registry {
         app.reindex(slot, &keys, &record.metadata, true);
     }
 
-    /// Mutable access to the queue list of a client (SPEC §8.4).
-    pub fn queues_mut(&mut self, slot: Slot) -> Option<&mut Vec<String>> {
-        self.get_mut(slot).map(|r| &mut r.queues)
+    /// Whether the client at `slot`, still owned by connection `conn`, matches `q` by SPEC §6.8
+    /// steps 2–4 (queue dispatch: no selector, no fallback).
+    pub fn is_conn_matching(&self, slot: Slot, conn: ConnId, q: &Query) -> bool {
+        self.get(slot)
+            .is_some_and(|r| r.conn_id == conn && r.admitted_by(q) && q.matches(&r.metadata))
+    }
+
+    /// Whether any client matches `q` by SPEC §6.8 steps 1–4.
+    pub fn any_match(&self, q: &Query) -> bool {
+        self.apps_for(q).into_iter().any(|app| {
+            self.candidates(app, q).into_iter().any(|slot| {
+                self.get(slot)
+                    .is_some_and(|r| r.admitted_by(q) && q.matches(&r.metadata))
+            })
+        })
     }
 
     /// The subscribers' records, for CLIENT_* events.

@@ -20,6 +20,10 @@ use crate::error::{Fatal, Invalid};
 use crate::frame::{Out, OutFrame, Outgoing, op};
 use crate::metadata::{Metadata, MetadataLimits, ReservedValues};
 use crate::query::{Query, QueryLimits};
+use crate::queue::engine::{Completion, QueueEngine};
+use crate::queue::{
+    ConsumerIdentity, NewMessage, QueueConfig, QueueStore, StoreError, Waiter, validate_name,
+};
 use crate::registry::{ClientRecord, Recipients, Registry};
 use crate::session::{Conn, ConnState, Identity, Outbox, format_peer_ip};
 use crate::value::Value;
@@ -36,6 +40,7 @@ pub struct RouterConfig {
     pub heartbeat_interval_ms: u64,
     pub metadata: MetadataLimits,
     pub query: QueryLimits,
+    pub queue: QueueConfig,
 }
 
 impl Default for RouterConfig {
@@ -45,12 +50,13 @@ impl Default for RouterConfig {
             heartbeat_interval_ms: 45_000,
             metadata: MetadataLimits::default(),
             query: QueryLimits::default(),
+            queue: QueueConfig::default(),
         }
     }
 }
 
 /// What the connection should do after a frame.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outcome {
     Continue,
     /// Identify succeeded: the identify deadline ends and the heartbeat deadline starts.
@@ -59,6 +65,9 @@ pub enum Outcome {
     Heartbeat,
     /// Send op 8 with this error and close (after cleanup).
     Close(Fatal),
+    /// The frame's effects complete later, in order (a QUEUE waiting for its durable write).
+    /// A frame that cannot be pipelined must wait for this before it is handled.
+    Pending(Completion),
 }
 
 /// One inbound frame for the session service.
@@ -70,19 +79,38 @@ pub struct Inbound {
 /// Shared routing state.
 pub struct Router {
     config: RouterConfig,
-    registry: RwLock<Registry>,
+    registry: Arc<RwLock<Registry>>,
+    queues: Arc<QueueEngine>,
     auth: Auth,
 }
 
 // === impl Router ===
 
 impl Router {
-    pub fn new(config: RouterConfig, auth: Auth) -> Router {
-        Router {
-            registry: RwLock::new(Registry::new(config.node_id.clone())),
+    /// Builds the router, recovering every queued message from `store`.
+    pub fn new(
+        config: RouterConfig,
+        auth: Auth,
+        store: Arc<dyn QueueStore>,
+    ) -> Result<Router, StoreError> {
+        let registry = Arc::new(RwLock::new(Registry::new(config.node_id.clone())));
+        let queues = Arc::new(QueueEngine::start(
+            config.queue,
+            store,
+            registry.clone(),
+            config.query,
+        )?);
+        Ok(Router {
+            registry,
+            queues,
             config,
             auth,
-        }
+        })
+    }
+
+    /// The queues of this node (HTTP endpoints, the sweep timer).
+    pub fn queues(&self) -> &Arc<QueueEngine> {
+        &self.queues
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -129,10 +157,7 @@ impl Router {
                 _ => Outcome::Close(Fatal::NotIdentified),
             },
             ConnState::Identified(identity) => match envelope.op {
-                Some(op::DISPATCH) => {
-                    self.dispatch(conn, &identity, envelope);
-                    Outcome::Continue
-                }
+                Some(op::DISPATCH) => self.dispatch(conn, &identity, envelope),
                 Some(op::HEARTBEAT) => {
                     self.heartbeat(conn, &identity);
                     Outcome::Heartbeat
@@ -153,6 +178,7 @@ impl Router {
             let subscribers = subscriber_outboxes(&registry);
             (record, subscribers)
         };
+        self.queues.disconnected(conn.id);
         if let Some(record) = record {
             tracing::debug!(
                 app = %record.application_id,
@@ -180,7 +206,10 @@ impl Router {
         records.sort_by(|a, b| {
             (&a.application_id, &a.client_id).cmp(&(&b.application_id, &b.client_id))
         });
-        records.iter().map(|r| r.client_object()).collect()
+        records
+            .iter()
+            .map(|r| r.client_object(&self.queues.waiting_on(r.conn_id)))
+            .collect()
     }
 
     // --- identify ---
@@ -239,7 +268,6 @@ impl Router {
             proxy_address: socket_ip.clone().or(peer_ip),
             socket_ip,
             metadata,
-            queues: Vec::new(),
             outbox: conn.outbox.clone(),
             conn_id: conn.id,
         };
@@ -275,6 +303,7 @@ impl Router {
             &client_id,
             &subscribers,
         );
+        self.queues.client_registered();
         Ok(())
     }
 
@@ -282,6 +311,7 @@ impl Router {
 
     fn heartbeat(&self, conn: &Conn, identity: &Identity) {
         self.registry.write().heartbeat(identity.slot, now_ms());
+        self.queues.metadata_changed(conn.id);
         conn.send(OutFrame::new(
             op::HEARTBEAT_ACK,
             Out::BinMap(vec![(
@@ -293,26 +323,36 @@ impl Router {
 
     // --- dispatch ---
 
-    fn dispatch(&self, conn: &Conn, identity: &Identity, envelope: Envelope) {
+    fn dispatch(&self, conn: &Conn, identity: &Identity, envelope: Envelope) -> Outcome {
         let t = envelope.event_name().unwrap_or_default().to_owned();
         if identity.restricted && t != "UPDATE_METADATA" {
             conn.send(Invalid::Restricted { t }.to_frame());
-            return;
+            return Outcome::Continue;
         }
         let result = match t.as_str() {
-            "UPDATE_METADATA" => self.update_metadata(identity, envelope),
+            "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope),
             "SEND" => self.route("SEND", Recipients::One, envelope),
             "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope),
             "QUERY_NODES" => self.query_nodes(conn, envelope),
+            "QUEUE" => return self.queue_push(conn, envelope),
+            "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope),
+            "QUEUE_REQUEST_CANCEL" => self.queue_cancel(conn, envelope),
+            "QUEUE_ACK" => self.queue_ack(identity, envelope),
             _ => Err(invalid_payload(envelope)),
         };
         if let Err(invalid) = result {
             tracing::debug!(error = %invalid, t = %t, "dispatch refused");
             conn.send(invalid.to_frame());
         }
+        Outcome::Continue
     }
 
-    fn update_metadata(&self, identity: &Identity, envelope: Envelope) -> Result<(), Invalid> {
+    fn update_metadata(
+        &self,
+        conn: &Conn,
+        identity: &Identity,
+        envelope: Envelope,
+    ) -> Result<(), Invalid> {
         let Value::Object(update) = &envelope.d else {
             return Err(invalid_payload(envelope));
         };
@@ -320,7 +360,136 @@ impl Router {
         self.registry
             .write()
             .update_metadata(identity.slot, |current| current.prepare(update, limits))
-            .map_err(Invalid::Metadata)
+            .map_err(Invalid::Metadata)?;
+        self.queues.metadata_changed(conn.id);
+        Ok(())
+    }
+
+    // --- queues (SPEC §8) ---
+
+    /// QUEUE: validated now, confirmed once durable. Every answer, errors included, goes
+    /// through the journal, so answers to pipelined QUEUE frames keep their order.
+    fn queue_push(&self, conn: &Conn, envelope: Envelope) -> Outcome {
+        let completion = match self.prepare_push(envelope) {
+            Ok((new, query)) => self.queues.push(conn.outbox.clone(), new, query),
+            Err(invalid) => {
+                tracing::debug!(error = %invalid, "QUEUE refused");
+                self.queues
+                    .reply_in_order(conn.outbox.clone(), invalid.to_frame())
+            }
+        };
+        Outcome::Pending(completion)
+    }
+
+    /// Validates a QUEUE `d` (SPEC §8.3 step 1) into the message and its parsed target.
+    fn prepare_push(&self, envelope: Envelope) -> Result<(NewMessage, Query), Invalid> {
+        let well_formed = envelope
+            .d
+            .as_object()
+            .is_some_and(|d| d.contains_key("target") && d.contains_key("payload"));
+        let Value::Object(mut d) = envelope.d else {
+            return Err(Invalid::DispatchPayload {
+                t: envelope.t,
+                ts: envelope.ts,
+                d: envelope.d,
+            });
+        };
+        if !well_formed {
+            return Err(Invalid::DispatchPayload {
+                t: envelope.t,
+                ts: envelope.ts,
+                d: Value::Object(d),
+            });
+        }
+        let queue_value = d.remove("queue").unwrap_or(Value::Null);
+        let queue = match validate_name(&queue_value) {
+            Ok(name) => name.to_owned(),
+            Err(reason) => {
+                return Err(Invalid::QueueName {
+                    queue: queue_value,
+                    reason,
+                });
+            }
+        };
+        let nonce = d.remove("nonce").unwrap_or(Value::Null);
+        let target = d.remove("target").unwrap_or(Value::Null);
+        let payload = d.remove("payload").unwrap_or(Value::Null);
+        let query = Query::parse(&target, self.config.query).map_err(|e| Invalid::Query {
+            reason: e.reason,
+            nonce: nonce.clone(),
+        })?;
+        let new = NewMessage {
+            queue,
+            nonce,
+            target,
+            payload,
+            trace: None,
+        };
+        Ok((new, query))
+    }
+
+    /// The validated queue name of a QUEUE_REQUEST/CANCEL/ACK `d`.
+    fn queue_name(envelope: &Envelope) -> Result<String, Invalid> {
+        let Value::Object(d) = &envelope.d else {
+            return Err(invalid_payload(envelope.clone()));
+        };
+        let queue = d.get("queue").unwrap_or(&Value::Null);
+        validate_name(queue)
+            .map(str::to_owned)
+            .map_err(|reason| Invalid::QueueName {
+                queue: queue.clone(),
+                reason,
+            })
+    }
+
+    fn queue_request(
+        &self,
+        conn: &Conn,
+        identity: &Identity,
+        envelope: Envelope,
+    ) -> Result<(), Invalid> {
+        let queue = Self::queue_name(&envelope)?;
+        self.queues.request(
+            &queue,
+            Waiter {
+                conn: conn.id,
+                slot: identity.slot,
+            },
+        );
+        Ok(())
+    }
+
+    fn queue_cancel(&self, conn: &Conn, envelope: Envelope) -> Result<(), Invalid> {
+        let queue = Self::queue_name(&envelope)?;
+        self.queues.cancel(&queue, conn.id);
+        Ok(())
+    }
+
+    fn queue_ack(&self, identity: &Identity, envelope: Envelope) -> Result<(), Invalid> {
+        let has_id = matches!(
+            envelope.d.as_object().and_then(|d| d.get("id")),
+            Some(Value::String(_))
+        );
+        if !has_id {
+            return Err(invalid_payload(envelope));
+        }
+        let queue = Self::queue_name(&envelope)?;
+        let id = envelope
+            .d
+            .as_object()
+            .and_then(|d| d.get("id"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let consumer = ConsumerIdentity {
+            application_id: identity.application_id.clone(),
+            client_id: identity.client_id.clone(),
+        };
+        self.queues
+            .ack(&queue, id.as_str().unwrap_or_default(), &consumer)
+            .map_err(|_| Invalid::UnknownMessageId {
+                queue: Value::from(queue),
+                id,
+            })
     }
 
     /// SEND and BROADCAST (SPEC §7.3, §7.4).

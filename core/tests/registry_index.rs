@@ -52,7 +52,6 @@ fn record(app: &str, id: usize, metadata: &serde_json::Value, restricted: bool) 
         socket_ip: None,
         proxy_address: None,
         metadata,
-        queues: Vec::new(),
         outbox: Arc::new(Discard),
         conn_id: id as u64,
     }

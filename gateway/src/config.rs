@@ -18,6 +18,7 @@ use figment::value::{Dict, Map as FigMap, Value as FigValue};
 use figment::{Figment, Metadata, Profile, Provider};
 use ganglion_core::metadata::{MetadataLimits, UpdateStrategy};
 use ganglion_core::query::QueryLimits;
+use ganglion_core::queue::QueueConfig;
 use ganglion_transports::SessionConfig;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,7 @@ pub const ENV_PREFIX: &str = "GANGLION_";
 /// Settings whose values are always text, even when they look like numbers (`AUTH=1234`).
 const STRING_KEYS: &[&str] = &[
     "listen",
+    "queue.data_dir",
     "auth.password",
     "node.id",
     "log.format",
@@ -45,9 +47,32 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub metadata: MetadataConfig,
     pub query: QueryConfig,
+    pub queue: QueueSection,
     pub http: HttpConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    pub ack_timeout_ms: u64,
+    pub dlq_time_ms: u64,
+    /// Deliveries after which a missed ack parks a message; 0 is unlimited.
+    pub max_deliveries: u32,
+    pub sweep_interval_ms: u64,
+    /// Where the durable store lives (created if missing).
+    pub data_dir: PathBuf,
+    /// `redb` (durable, the default) or `memory` (lost on restart; for tests and throwaway nodes).
+    pub store: StoreKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Redb,
+    Memory,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -132,6 +157,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             metadata: MetadataConfig::default(),
             query: QueryConfig::default(),
+            queue: QueueSection::default(),
             http: HttpConfig::default(),
             node: NodeConfig::default(),
             log: LogConfig::default(),
@@ -177,6 +203,19 @@ impl Default for QueryConfig {
     }
 }
 
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection {
+            ack_timeout_ms: 15_000,
+            dlq_time_ms: 15_000,
+            max_deliveries: 0,
+            sweep_interval_ms: 1_000,
+            data_dir: PathBuf::from("./data"),
+            store: StoreKind::Redb,
+        }
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
@@ -216,6 +255,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
     pub node_id: Option<String>,
+    pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     /// `key=value` pairs with dotted keys, e.g. `auth.password=s3cret`.
     pub settings: Vec<String>,
@@ -251,6 +291,9 @@ impl Config {
         }
         if let Some(id) = &overrides.node_id {
             merge_setting(&mut flags, "node.id", id);
+        }
+        if let Some(dir) = &overrides.data_dir {
+            merge_setting(&mut flags, "queue.data_dir", &dir.to_string_lossy());
         }
         if let Some(format) = overrides.log_format {
             let name = match format {
@@ -324,6 +367,15 @@ impl Config {
             max_bytes: self.metadata.max_bytes,
             max_depth: self.metadata.max_depth,
             strategy: self.metadata.update_strategy,
+        }
+    }
+
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            ack_timeout_ms: self.queue.ack_timeout_ms,
+            dlq_time_ms: self.queue.dlq_time_ms,
+            max_deliveries: self.queue.max_deliveries,
+            sweep_interval_ms: self.queue.sweep_interval_ms,
         }
     }
 

@@ -34,6 +34,9 @@ struct ServeArgs {
     /// HTTP + websocket listener, e.g. [::]:4000 (also GANGLION_LISTEN or PORT).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Directory of the durable queue store (default ./data; created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// This node's id (default: the host name).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         config_file: args.config,
         listen: args.listen,
         node_id: args.node_id,
+        data_dir: args.data_dir,
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,

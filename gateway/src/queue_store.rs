@@ -117,7 +117,11 @@ mod tests {
             queue: "jobs".into(),
             nonce: Value::Int(7),
             target: Value::Object(Default::default()),
-            payload: Value::Array(vec![Value::Float(1.0), Value::from("x"), Value::from_u64(u64::MAX)]),
+            payload: Value::Array(vec![
+                Value::Float(1.0),
+                Value::from("x"),
+                Value::from_u64(u64::MAX),
+            ]),
             enqueued_at: 10,
             seq: 3,
             deliveries: 2,
@@ -139,7 +143,10 @@ mod tests {
         {
             let store = RedbStore::open(&dir).unwrap();
             store
-                .commit(&[StoreOp::Put(a.clone()), StoreOp::Put(b.clone())])
+                .commit(&[
+                    StoreOp::Put(Box::new(a.clone())),
+                    StoreOp::Put(Box::new(b.clone())),
+                ])
                 .unwrap();
             store
                 .commit(&[StoreOp::Delete {

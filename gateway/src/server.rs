@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use ganglion_core::auth::Auth;
+use ganglion_core::queue::{MemoryStore, QueueStore, StoreError};
 use ganglion_core::{Router, RouterConfig};
 use ganglion_transports::SessionContext;
 use tokio::net::TcpListener;
@@ -16,13 +17,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::http::{AppState, Health, app};
+use crate::queue_store::{OpenError, RedbStore};
 use crate::service::session_stack;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("cannot recover the queues: {0}")]
+    Queues(#[from] StoreError),
     #[error(
         "invalid listen address `{addr}`: expected HOST:PORT, e.g. [::]:4000 or 127.0.0.1:4000"
     )]
@@ -45,6 +51,7 @@ pub struct Gateway {
     sessions: TaskTracker,
     close_timeout: Duration,
     server: JoinHandle<io::Result<()>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -55,18 +62,31 @@ impl Gateway {
         env: &HashMap<String, String>,
     ) -> Result<Gateway, StartError> {
         let node_id = config.node_id(env);
+        let store: Arc<dyn QueueStore> = match config.queue.store {
+            StoreKind::Redb => {
+                let store = RedbStore::open(&config.queue.data_dir)?;
+                tracing::info!(path = %store.path().display(), "queue store opened");
+                Arc::new(store)
+            }
+            StoreKind::Memory => {
+                tracing::warn!("queue.store = memory: queued messages are lost on restart");
+                Arc::new(MemoryStore::default())
+            }
+        };
         let router = Arc::new(Router::new(
             RouterConfig {
                 node_id: Arc::from(node_id.as_str()),
                 heartbeat_interval_ms: config.gateway.heartbeat_interval_ms,
                 metadata: config.metadata_limits(),
                 query: config.query_limits(),
+                queue: config.queue_config(),
             },
             Auth::new(
                 config.auth.password.clone(),
                 config.auth.max_failures_per_minute,
             ),
-        ));
+            store,
+        )?);
         let listener = bind(&config.listen)?;
         let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: parse_addr(&config.listen).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -78,6 +98,11 @@ impl Gateway {
         let http_shutdown = CancellationToken::new();
         let sessions = TaskTracker::new();
         let close_timeout = Duration::from_millis(config.gateway.close_timeout_ms);
+        let sweeper = spawn_sweeper(
+            router.clone(),
+            Duration::from_millis(config.queue.sweep_interval_ms),
+            http_shutdown.clone(),
+        );
         let state = AppState {
             router: router.clone(),
             session: SessionContext {
@@ -112,6 +137,7 @@ impl Gateway {
             sessions,
             close_timeout,
             server,
+            sweeper,
         })
     }
 
@@ -139,7 +165,10 @@ impl Gateway {
         {
             tracing::warn!("some connections did not close in time; exiting anyway");
         }
+        // Every queue change made so far reaches the disk before the process goes.
+        self.router.queues().flush().await;
         self.http_shutdown.cancel();
+        let _ = self.sweeper.await;
         match tokio::time::timeout(self.close_timeout, self.server).await {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server ended with an error"),
             Ok(Err(error)) => tracing::warn!(%error, "HTTP server task failed"),
@@ -147,6 +176,24 @@ impl Gateway {
         }
         tracing::info!("drained");
     }
+}
+
+/// Applies the queue timers every `interval` until `stop`.
+fn spawn_sweeper(
+    router: Arc<Router>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => router.queues().sweep(),
+            }
+        }
+    })
 }
 
 fn parse_addr(addr: &str) -> Option<SocketAddr> {

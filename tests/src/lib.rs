@@ -46,10 +46,31 @@ pub fn init_logs() {
 
 // === TestGateway ===
 
-/// A node running in this process on `127.0.0.1:0`.
+/// A node running in this process on `127.0.0.1:0`, with its queue store in a directory of its
+/// own that is removed when the node is dropped.
 pub struct TestGateway {
     gateway: Option<Gateway>,
     pub addr: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ganglion-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl TestGateway {
@@ -66,13 +87,16 @@ impl TestGateway {
             ..Config::default()
         };
         config.node.id = Some("test-node".to_owned());
+        config.queue.data_dir = temp_dir("node");
         adjust(&mut config);
+        let data_dir = config.queue.data_dir.clone();
         let gateway = Gateway::start(config, &HashMap::new())
             .await
             .expect("the test node starts");
         TestGateway {
             addr: gateway.http_addr(),
             gateway: Some(gateway),
+            data_dir,
         }
     }
 

@@ -205,10 +205,15 @@ mod tests {
 
     #[tokio::test]
     async fn going_past_the_bound_drops_the_queue_and_signals_overflow() {
-        let mailbox = Mailbox::new(&ganglion_codecs::Json, 200);
+        let size = ganglion_codecs::Json.encode(frame(50).frame()).len();
+        let mailbox = Mailbox::new(&ganglion_codecs::Json, 2 * size + 10);
         assert!(mailbox.push(&frame(50)));
         assert!(mailbox.push(&frame(50)));
-        assert!(!mailbox.push(&frame(150)));
+        assert_eq!(mailbox.queued_bytes(), 2 * size);
+        assert!(
+            !mailbox.push(&frame(50)),
+            "a third frame goes past the bound"
+        );
         assert_eq!(mailbox.queued_bytes(), 0);
         mailbox.overflowed().await;
         assert!(

@@ -18,6 +18,10 @@ use tower::{Service, ServiceExt};
 
 use crate::mailbox::{Close, Mailbox};
 
+/// QUEUE frames a connection may have waiting for their durable write at once; past this, the
+/// session stops reading until they are confirmed (backpressure instead of unbounded memory).
+const MAX_PIPELINED: usize = 256;
+
 /// Per-connection limits and deadlines (SPEC §12, `gateway.*`).
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -127,6 +131,9 @@ async fn read_loop<R, S>(
     } = ctx;
     conn.send(router.hello());
     let mut identified = false;
+    // The completion of the last pipelined frame, and how many are outstanding.
+    let mut pending = None;
+    let mut pipelined = 0;
     let deadline = sleep_until(Instant::now() + config.identify_timeout);
     tokio::pin!(deadline);
 
@@ -155,6 +162,13 @@ async fn read_loop<R, S>(
                     WireIn::Closed => break End::PeerClosed,
                     WireIn::Gone => break End::PeerGone,
                 };
+                if !envelope.is_pipelinable() || pipelined >= MAX_PIPELINED {
+                    // Completions arrive in order, so the last one covers all before it.
+                    if let Some(completion) = pending.take() {
+                        let _ = completion.await;
+                    }
+                    pipelined = 0;
+                }
                 let inbound = Inbound { conn: conn.clone(), envelope };
                 let outcome = match service.ready().await {
                     Ok(svc) => svc.call(inbound).await,
@@ -170,6 +184,10 @@ async fn read_loop<R, S>(
                         deadline.as_mut().reset(Instant::now() + config.heartbeat_timeout);
                     }
                     Ok(Outcome::Close(fatal)) => break End::Fatal(fatal),
+                    Ok(Outcome::Pending(completion)) => {
+                        pending = Some(completion);
+                        pipelined += 1;
+                    }
                     Err(never) => match never {},
                 }
             }

@@ -9,8 +9,10 @@
 //!
 //! - [`message`]: the stored message record and its states;
 //! - [`store`]: the `QueueStore` trait and the in-memory store;
-//! - [`journal`]: the group-commit writer in front of a store.
+//! - [`journal`]: the group-commit writer in front of a store;
+//! - [`engine`]: the state machine, the journal and the registry wired together.
 
+pub mod engine;
 pub mod journal;
 pub mod message;
 pub mod store;
@@ -62,6 +64,17 @@ pub fn validate_name(name: &Value) -> Result<&str, &'static str> {
         Value::String(s) => Ok(s),
         _ => Err("queue: must be a string"),
     }
+}
+
+/// What a producer's QUEUE carries (SPEC §8.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub queue: String,
+    pub nonce: Value,
+    /// The target exactly as received.
+    pub target: Value,
+    pub payload: Value,
+    pub trace: Option<TraceContext>,
 }
 
 /// A client waiting for one message.
@@ -200,21 +213,19 @@ impl Queues {
 
     /// Prepares a new message at the back of the FIFO. It is not in the queue until
     /// [`Queues::insert`]: the caller first makes it durable.
-    pub fn prepare(
-        &mut self,
-        queue: &str,
-        id: String,
-        nonce: Value,
-        target: Value,
-        payload: Value,
-        trace: Option<TraceContext>,
-        now: u64,
-    ) -> StoredMessage {
+    pub fn prepare(&mut self, new: NewMessage, id: String, now: u64) -> StoredMessage {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let NewMessage {
+            queue,
+            nonce,
+            target,
+            payload,
+            trace,
+        } = new;
         StoredMessage {
             id,
-            queue: queue.to_owned(),
+            queue,
             nonce,
             target,
             payload,
@@ -322,7 +333,7 @@ impl Queues {
                 .collect();
             for id in &returning {
                 if let Some(msg) = q.transition(id, MessageState::Ready) {
-                    effects.store.push(StoreOp::Put(msg));
+                    effects.store.push(StoreOp::Put(Box::new(msg)));
                 }
             }
             if !returning.is_empty() {
@@ -371,7 +382,7 @@ impl Queues {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 if let Some(msg) = q.requeue(&id, seq, now) {
-                    effects.store.push(StoreOp::Put(msg));
+                    effects.store.push(StoreOp::Put(Box::new(msg)));
                     requeued = true;
                 }
             }
@@ -388,7 +399,7 @@ impl Queues {
                     MessageState::DeadLettered { dead_since: now }
                 };
                 if let Some(msg) = q.transition(&id, next) {
-                    effects.store.push(StoreOp::Put(msg));
+                    effects.store.push(StoreOp::Put(Box::new(msg)));
                 }
             }
             if requeued {
@@ -440,7 +451,7 @@ impl Queues {
                 waiter,
                 frame: delivery_frame(&msg),
             });
-            effects.store.push(StoreOp::Put(msg));
+            effects.store.push(StoreOp::Put(Box::new(msg)));
             if let Some(list) = self.waiting_by_conn.get_mut(&waiter.conn) {
                 list.retain(|n| n != name);
             }
@@ -514,7 +525,7 @@ impl Queues {
                 entry.msg.deliveries = 0;
             }
             if let Some(msg) = q.requeue(id, seq, now) {
-                effects.store.push(StoreOp::Put(msg));
+                effects.store.push(StoreOp::Put(Box::new(msg)));
             }
         }
         effects.absorb(self.dispatch(name, matcher, now));

@@ -11,7 +11,7 @@ use super::message::StoredMessage;
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreOp {
     /// Insert or replace the record of a message.
-    Put(StoredMessage),
+    Put(Box<StoredMessage>),
     /// Remove a message for good (acked, or deleted over HTTP).
     Delete { queue: String, id: String },
 }
@@ -46,7 +46,7 @@ impl QueueStore for MemoryStore {
         for op in ops {
             match op {
                 StoreOp::Put(msg) => {
-                    messages.insert((msg.queue.clone(), msg.id.clone()), msg.clone());
+                    messages.insert((msg.queue.clone(), msg.id.clone()), (**msg).clone());
                 }
                 StoreOp::Delete { queue, id } => {
                     messages.remove(&(queue.clone(), id.clone()));

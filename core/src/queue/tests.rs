@@ -69,6 +69,16 @@ fn target(json: &str) -> (Value, Query) {
     (value, query)
 }
 
+fn new(queue: &str, target: Value, payload: Value) -> NewMessage {
+    NewMessage {
+        queue: queue.into(),
+        nonce: Value::Null,
+        target,
+        payload,
+        trace: None,
+    }
+}
+
 fn push(
     queues: &mut Queues,
     clients: &Clients,
@@ -78,15 +88,7 @@ fn push(
 ) -> (String, Effects) {
     let (value, query) = target(&format!(r#"{{"application":"{app}"}}"#));
     let id = format!("m{}", queues.next_seq);
-    let msg = queues.prepare(
-        queue,
-        id.clone(),
-        Value::Null,
-        value,
-        Value::from("p"),
-        None,
-        now,
-    );
+    let msg = queues.prepare(new(queue, value, Value::from("p")), id.clone(), now);
     let effects = queues.insert(msg, query, clients, now);
     (id, effects)
 }
@@ -196,7 +198,7 @@ fn a_metadata_change_can_make_a_waiting_consumer_eligible() {
     let (value, query) = target(
         r#"{"application":"worker","ops":[{"path":"/gpu","op":"$eq","to":{"value":true}}]}"#,
     );
-    let msg = queues.prepare("jobs", "g".into(), Value::Null, value, Value::Null, None, 0);
+    let msg = queues.prepare(new("jobs", value, Value::Null), "g".into(), 0);
     assert!(queues.insert(msg, query, &clients, 0).deliveries.is_empty());
     clients.add(1, "worker", "w", &[("gpu", Value::Bool(true))]);
     assert_eq!(
@@ -214,7 +216,7 @@ fn optional_targets_fall_back_to_the_application() {
     let (value, query) = target(
         r#"{"application":"worker","optional":true,"ops":[{"path":"/gpu","op":"$eq","to":{"value":true}}]}"#,
     );
-    let msg = queues.prepare("jobs", "o".into(), Value::Null, value, Value::Null, None, 0);
+    let msg = queues.prepare(new("jobs", value, Value::Null), "o".into(), 0);
     assert_eq!(
         delivered_ids(&queues.insert(msg, query, &clients, 0)),
         vec![(1, "o".into())]
@@ -451,7 +453,7 @@ fn recovery_restores_states_and_the_fifo_position_counter() {
         let (_, effects) = push(&mut queues, &clients, "jobs", "worker", 0);
         for op in effects.store {
             if let StoreOp::Put(m) = op {
-                stored.insert(m.id.clone(), m);
+                stored.insert(m.id.clone(), *m);
             }
         }
     }

@@ -25,6 +25,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::service::SessionStack;
 
+mod queues;
+
 /// The version of the original 신경 protocol ganglion is compatible with.
 pub const SINGYEONG_VERSION: &str = "0.0.1";
 
@@ -75,6 +77,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> AxumRouter {
     let api = AxumRouter::new()
         .route("/api/v1/query", post(query))
+        .merge(queues::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     AxumRouter::new()
         .route("/", get(root))

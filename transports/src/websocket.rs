@@ -71,7 +71,7 @@ where
             })),
         }))
     });
-    let inbound = stream.filter_map(|item| future::ready(wire_in(item)));
+    let inbound = stream.filter_map(move |item| future::ready(wire_in(item, text)));
     session::run(conn, mailbox, inbound, Box::pin(outbound), ctx)
         .instrument(span)
         .await;
@@ -79,7 +79,9 @@ where
 
 /// Maps one websocket read to what the session loop understands. Pings are answered by
 /// tungstenite itself, with the same data, in every state.
-fn wire_in(item: Result<Message, axum::Error>) -> Option<WireIn> {
+///
+/// `text` says whether this connection's encoding uses text messages.
+fn wire_in(item: Result<Message, axum::Error>, text: bool) -> Option<WireIn> {
     match item {
         Ok(Message::Text(text)) => Some(WireIn::Frame {
             bytes: text.into(),
@@ -91,15 +93,21 @@ fn wire_in(item: Result<Message, axum::Error>) -> Option<WireIn> {
         }),
         Ok(Message::Ping(_) | Message::Pong(_)) => None,
         Ok(Message::Close(_)) => Some(WireIn::Closed),
-        Err(err) => Some(classify(err)),
+        Err(err) => Some(classify(err, text)),
     }
 }
 
-fn classify(err: axum::Error) -> WireIn {
+fn classify(err: axum::Error, text: bool) -> WireIn {
     use tungstenite::error::{CapacityError, Error};
     let inner = err.into_inner();
     match inner.downcast_ref::<Error>() {
         Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => WireIn::TooLarge,
+        // A text message arrived; on a binary connection that is the wrong kind, whatever its
+        // bytes, and the kind error is the one the client needs to see.
+        Some(Error::Utf8(_)) if !text => WireIn::Frame {
+            bytes: Default::default(),
+            kind: Some(FrameKind::Text),
+        },
         Some(Error::Utf8(detail)) => WireIn::Undecodable(format!("text message: {detail}")),
         _ => WireIn::Gone,
     }

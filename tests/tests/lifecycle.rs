@@ -1479,27 +1479,38 @@ async fn a_draining_node_unregisters_each_client_then_says_goodbye_and_closes_wi
         // of that guarantee: when op 7 arrives, the client is no longer registered. The HTTP
         // API keeps answering until every session has ended, and this one has not: the
         // client has not read the close frame, so it has not answered it.
+        // (`client_id` is not a query field, so the answer is filtered here.)
         let name = client.encoding.name();
-        let found = query_at(addr, json!({"application": "drain", "client_id": name})).await;
-        assert_eq!(
-            found,
-            json!([]),
-            "{name} is still registered at its goodbye"
-        );
+        let found = query_at(addr, json!({"application": "drain"})).await;
+        let still = found
+            .as_array()
+            .expect("an array")
+            .iter()
+            .any(|c| c["client_id"] == name);
+        assert!(!still, "{name} is still registered at its goodbye: {found}");
     }
     for client in &mut clients {
         let closed = client.closed().await;
         assert!(closed.frames.is_empty(), "{:?}", closed.frames);
         assert_eq!(closed.code, Some(1001));
+        answer_close(client).await;
     }
     // A connection that never identified is not a client and gets no goodbye frame, but the
     // node still closes it as a shutdown: 1001.
     let closed = unidentified.closed().await;
     assert_eq!(closed.code, Some(1001), "{:?}", closed.frames);
+    answer_close(&mut unidentified).await;
     timeout(patience(), drained)
         .await
         .expect("the drain completes once every connection closed")
         .expect("the drain task");
+}
+
+/// Sends the reply to a close frame the server sent. Tungstenite queues it when the close is
+/// read and writes it on the next read, which `Client::closed` does not make; without it the
+/// node waits `gateway.close_timeout_ms` for each connection before a drain can end.
+async fn answer_close(client: &mut Client) {
+    let _ = timeout(patience(), client.ws.next()).await;
 }
 
 /// `POST /api/v1/query` on a node whose `TestGateway` was consumed by a drain.
@@ -1582,12 +1593,15 @@ async fn a_client_that_stops_reading_is_cut_off_as_a_slow_consumer() {
                 break;
             }
             assert!(
-                sent < 32 * 1024,
+                sent < 4096,
                 "{enc:?}: still registered after {sent} frames of 32 KiB"
             );
         }
 
         // Now it reads: broadcasts that made it into the socket, then op 8 and close 1008.
+        // Observed: the op 8 and the close do arrive. The writer was blocked on the full socket
+        // while the session unregistered the client; once the client reads, the writer
+        // finishes its batch and writes the final op 8 within `gateway.close_timeout_ms`.
         let closed = slow.closed().await;
         let (last, before) = closed
             .frames

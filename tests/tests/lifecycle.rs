@@ -1267,6 +1267,17 @@ async fn a_heartbeat_sent_right_after_identify_is_acked_after_ready() {
         let ack = recv_checked(&mut client).await;
         assert_frame(&ack, 6, json!({"client_id": enc.name()}));
         client.expect_nothing().await;
+
+        // Heartbeats need not wait for their acks: five at once get five acks.
+        for _ in 0..5 {
+            client.ws.feed(enc.message(&heartbeat)).await.expect("feed");
+        }
+        client.ws.flush().await.expect("flush");
+        for _ in 0..5 {
+            let ack = recv_checked(&mut client).await;
+            assert_frame(&ack, 6, json!({"client_id": enc.name()}));
+        }
+        client.expect_nothing().await;
     }
 }
 
@@ -1426,6 +1437,28 @@ async fn a_failed_client_is_unregistered_before_its_op_8_is_sent() {
         assert_frame(&ready, 2, json!({"client_id": "c", "restricted": false}));
         assert_eq!(client.closed().await.code, Some(1008));
         again.expect_nothing().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_close_reason_is_the_op_8_error_cut_to_123_bytes_at_a_character_boundary() {
+    let gw = TestGateway::start().await;
+    let id = format!("{}a", "é".repeat(127));
+    let _first = gw.identify(Enc::Json, "app", &id).await;
+    for enc in Enc::ALL {
+        let (mut client, _) = gw.connect(enc).await;
+        client
+            .send(json!({"op": 1, "d": {"application_id": "app", "client_id": id}}))
+            .await;
+        let reason = loop {
+            match client.next_message().await {
+                Some(Message::Close(Some(frame))) => break frame.reason.to_string(),
+                Some(Message::Close(None)) | None => panic!("{enc:?}: no close frame"),
+                Some(_) => {}
+            }
+        };
+        // 61 two-byte characters are 122 bytes; the 62nd would cross byte 123.
+        assert_eq!(reason, "é".repeat(61), "{enc:?}");
     }
 }
 

@@ -96,7 +96,8 @@ async fn watcher(gw: &TestGateway, enc: Enc) -> Client {
     let mut w = gw
         .identify_with(
             enc,
-            json!({"application_id": "watch", "client_id": "watcher", "receive_client_updates": true}),
+            json!({"application_id": "watch", "client_id": format!("watcher-{}", enc.name()),
+                   "receive_client_updates": true}),
         )
         .await;
     let own = w.recv().await;
@@ -122,10 +123,13 @@ async fn await_disconnect(watcher: &mut Client, app: &str, client: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_delivers_target_null_nonce_and_payload_and_the_sender_gets_nothing() {
-    let gw = TestGateway::start().await;
     for enc in Enc::ALL {
+        // A node per encoding: the identity `test-app-1/client-1` is the original's.
+        let gw = TestGateway::start().await;
         let mut receiver = gw.identify(enc, "test-app-1", "client-1").await;
-        let mut sender = gw.identify(enc, "sender-app", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "sender")
+            .await;
         for ops in [json!([]), Value::Null] {
             let before = now_ms();
             sender
@@ -184,7 +188,9 @@ async fn payload_and_nonce_pass_through_untouched_with_floats_kept_floats() {
     for enc in Enc::ALL {
         let app = format!("echo-{}", enc.name());
         let mut receiver = gw.identify(enc, &app, "r").await;
-        let mut sender = gw.identify(enc, "sender-app", "s").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "s")
+            .await;
         let payloads = [
             json!({"x": 1.0, "i": 1, "neg": -1, "half": 0.5, "big": 1e300, "tiny": -1e-300}),
             json!({"nested": {"list": [1.0, 2, [3.0, {"deep": -0.25}]], "s": "é \"q\" \\ \n"}}),
@@ -246,7 +252,9 @@ async fn sends_from_one_client_to_another_arrive_in_order() {
     for enc in Enc::ALL {
         let app = format!("fifo-{}", enc.name());
         let mut receiver = gw.identify(enc, &app, "r").await;
-        let mut sender = gw.identify(enc, "sender-app", "s").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "s")
+            .await;
         for i in 0..200 {
             let t = if i % 2 == 0 { "SEND" } else { "BROADCAST" };
             sender
@@ -281,7 +289,9 @@ async fn list_and_map_metadata_are_reachable_by_contains_and_index_paths() {
             json!({"test": meta("list", json!([1, 2, 3, 4, 5]))}),
         )
         .await;
-        let mut sender = gw.identify(enc, "sender-app", "s").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "s")
+            .await;
         let send = |op: &str, path: &str, value: Value| {
             json!({"target": {"application": app, "ops": [{"path": path, "op": op, "to": {"value": value}}]},
                    "nonce": path, "payload": "p"})
@@ -328,7 +338,9 @@ async fn and_operator_and_a_min_selector_deliver_to_the_matching_client() {
             json!({"test": meta("integer", 15)}),
         )
         .await;
-        let mut sender = gw.identify(enc, "sender-app", "s").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "s")
+            .await;
         sender
             .dispatch(
                 "SEND",
@@ -381,7 +393,9 @@ async fn a_string_payload_routes_to_the_client_whose_key_matches() {
             json!({"key": meta("string", "nope")}),
         )
         .await;
-        let mut sender = gw.identify(enc, "sender-app", "s").await;
+        let mut sender = gw
+            .identify(enc, &format!("sender-app-{}", enc.name()), "s")
+            .await;
         for _ in 0..10 {
             sender
                 .dispatch(
@@ -590,7 +604,9 @@ async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_targ
         // A node per encoding: the reference identity `api/api-1` is fixed by the SPEC.
         let gw = TestGateway::start().await;
         let mut reference = identify_meta(&gw, enc, "api", "api-1", reference_metadata()).await;
-        let mut sender = gw.identify(enc, "probe", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
         for (row, target, expect) in &rows {
             let payload = json!({"row": row, "f": 1.0});
             sender
@@ -641,7 +657,9 @@ async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_targ
 async fn no_route_echoes_the_target_verbatim_and_droppable_silences_it() {
     let gw = TestGateway::start().await;
     for enc in Enc::ALL {
-        let mut sender = gw.identify(enc, "probe", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
         let target = json!({"application": "none",
                             "ops": [{"path": "/a", "op": "$eq", "to": {"value": 1}}]});
         sender
@@ -863,7 +881,9 @@ async fn send_with_key_picks_the_same_client_while_the_match_set_is_stable() {
         for name in ["a", "b", "c", "d", "e"] {
             clients.insert(name, gw.identify(enc, "svc", name).await);
         }
-        let mut sender = gw.identify(enc, "probe", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
 
         let counts = send_keyed(&mut sender, &mut clients, "user-42", 100).await;
         let winner = sole_winner(&counts, 100);
@@ -896,7 +916,9 @@ async fn key_hashing_follows_the_spec_test_vectors() {
         for name in ["a", "b", "c", "d"] {
             clients.insert(name, gw.identify(enc, "svc", name).await);
         }
-        let mut sender = gw.identify(enc, "probe", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
         for (key, expected) in [("user-42", "a"), ("order-7", "d"), ("", "b")] {
             let counts = send_keyed(&mut sender, &mut clients, key, 20).await;
             assert_eq!(sole_winner(&counts, 20), expected, "{enc:?} key {key:?}");
@@ -951,7 +973,9 @@ async fn selectors_pick_min_max_and_nearest_average_and_skip_clients_without_the
             };
             clients.insert(name, identify_meta(&gw, enc, &app, name, metadata).await);
         }
-        let mut sender = gw.identify(enc, "probe", "sender").await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
         let cases = [
             (json!({"$min": "load"}), "l10"),
             (json!({"$max": "load"}), "l60"),
@@ -1026,7 +1050,9 @@ async fn query_nodes_answers_the_asker_with_client_objects_and_its_nonce() {
             json!({"load": meta("integer", 42), "x": meta("float", 1), "cpu": meta("float", 0.5)}),
         )
         .await;
-        let mut asker = gw.identify(enc, "asker", "q").await;
+        let mut asker = gw
+            .identify(enc, &format!("asker-{}", enc.name()), "q")
+            .await;
         asker
             .dispatch("QUERY_NODES", json!({"application": app, "nonce": "q1"}))
             .await;
@@ -1283,5 +1309,206 @@ async fn subscribers_see_each_connect_and_disconnect_exactly_once_and_others_see
         );
         subscriber.expect_nothing().await;
         restricted.expect_nothing().await;
+    }
+}
+
+// === match sets: operator semantics over many clients (SPEC §6.5–§6.8) ===
+
+/// The names of the clients a BROADCAST with `ops` reaches (empty on `no_route`).
+async fn broadcast_set(
+    sender: &mut Client,
+    clients: &mut BTreeMap<&'static str, Client>,
+    app: &str,
+    ops: Value,
+) -> BTreeSet<&'static str> {
+    let target = json!({"application": app, "ops": ops});
+    sender
+        .dispatch("BROADCAST", json!({"target": target, "payload": 0}))
+        .await;
+    let replies = sender.sync().await;
+    match replies.as_slice() {
+        [] => {}
+        [op3] => {
+            expect_op3(op3, "no_route");
+        }
+        other => panic!("unexpected replies to {target}: {other:?}"),
+    }
+    let mut reached = BTreeSet::new();
+    for (name, client) in clients.iter_mut() {
+        match pending_nonces(client, "BROADCAST").await.len() {
+            0 => {}
+            1 => {
+                reached.insert(*name);
+            }
+            n => panic!("{name} got {n} copies of one BROADCAST"),
+        }
+    }
+    assert_eq!(
+        reached.is_empty(),
+        !replies.is_empty(),
+        "no_route exactly when nobody matched: {target}"
+    );
+    reached
+}
+
+fn cmp(path: &str, op: &str, value: Value) -> Value {
+    json!([{"path": path, "op": op, "to": {"value": value}}])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_sets_follow_the_operator_table_across_many_clients_and_updates() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let app = format!("ix-{}", enc.name());
+        let mut watch = watcher(&gw, enc).await;
+        let definitions: [(&'static str, Value); 5] = [
+            (
+                "c1",
+                json!({"v": meta("version", "1.0.0"), "load": meta("integer", 10),
+                       "tags": meta("list", json!(["a", 1])), "region": meta("string", "eu"),
+                       "s": meta("string", "1.0.0")}),
+            ),
+            (
+                "c2",
+                json!({"v": meta("version", "1.0.0+build.7"), "load": meta("float", 10.0),
+                       "tags": meta("list", json!(["b"])), "region": meta("string", "us")}),
+            ),
+            (
+                "c3",
+                json!({"v": meta("version", "1.10.0-rc.1"), "load": meta("integer", 20),
+                       "tags": meta("list", json!([]))}),
+            ),
+            (
+                "c4",
+                json!({"v": meta("version", "2.0.0"), "load": meta("integer", u64::MAX),
+                       "tags": meta("list", json!([[1]])), "region": meta("integer", 5)}),
+            ),
+            ("c5", json!({"other": meta("boolean", true)})),
+        ];
+        let mut clients: BTreeMap<&'static str, Client> = BTreeMap::new();
+        for (name, metadata) in definitions {
+            clients.insert(name, identify_meta(&gw, enc, &app, name, metadata).await);
+        }
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "sender")
+            .await;
+        let set = |names: &[&'static str]| names.iter().copied().collect::<BTreeSet<_>>();
+        let cases: Vec<(Value, BTreeSet<&'static str>)> = vec![
+            // Versions: precedence, build metadata ignored, pre-releases below releases.
+            (cmp("/v", "$eq", json!("1.0.0")), set(&["c1", "c2"])),
+            (cmp("/v", "$eq", json!("1.0.0+other")), set(&["c1", "c2"])),
+            (cmp("/v", "$lte", json!("1.0.0")), set(&["c1", "c2"])),
+            (cmp("/v", "$lt", json!("1.10.0")), set(&["c1", "c2", "c3"])),
+            (cmp("/v", "$gt", json!("1.9.0")), set(&["c3", "c4"])),
+            (cmp("/v", "$ne", json!("1.0.0")), set(&["c3", "c4", "c5"])),
+            (cmp("/v", "$in", json!(["2.0.0+x", "9.9.9"])), set(&["c4"])),
+            (
+                cmp("/v", "$nin", json!(["1.0.0"])),
+                set(&["c3", "c4", "c5"]),
+            ),
+            // A plain string is compared by bytes, even when it looks like a version.
+            (cmp("/s", "$eq", json!("1.0.0+x")), set(&[])),
+            (cmp("/s", "$eq", json!("1.0.0")), set(&["c1"])),
+            // Numbers: integers and floats compare numerically and exactly.
+            (cmp("/load", "$eq", json!(10)), set(&["c1", "c2"])),
+            (cmp("/load", "$eq", json!(10.0)), set(&["c1", "c2"])),
+            (cmp("/load", "$gt", json!(10)), set(&["c3", "c4"])),
+            (cmp("/load", "$gte", json!(u64::MAX)), set(&["c4"])),
+            (
+                cmp("/load", "$lt", json!(1e300)),
+                set(&["c1", "c2", "c3", "c4"]),
+            ),
+            (
+                cmp("/load", "$gte", json!(18_446_744_073_709_551_616.0_f64)),
+                set(&[]),
+            ),
+            (cmp("/load", "$gt", json!("5")), set(&[])),
+            // Lists.
+            (cmp("/tags", "$contains", json!(1)), set(&["c1"])),
+            (cmp("/tags", "$contains", json!(1.0)), set(&["c1"])),
+            (cmp("/tags", "$contains", json!([1])), set(&["c4"])),
+            (
+                cmp("/tags", "$ncontains", json!("a")),
+                set(&["c2", "c3", "c4", "c5"]),
+            ),
+            (cmp("/tags", "$eq", json!([])), set(&["c3"])),
+            (cmp("/tags/0", "$eq", json!("b")), set(&["c2"])),
+            (cmp("/tags/0/0", "$eq", json!(1)), set(&["c4"])),
+            // No cross-kind ordering; `$in` compares like `$eq`.
+            (cmp("/region", "$gt", json!(4)), set(&["c4"])),
+            (
+                cmp("/region", "$in", json!(["eu", 5.0])),
+                set(&["c1", "c4"]),
+            ),
+            (cmp("/region", "$gte", json!("")), set(&["c1", "c2"])),
+            // Legacy form, logical operators, path operands.
+            (
+                json!([{"load": {"$gte": 10, "$lt": 20}}]),
+                set(&["c1", "c2"]),
+            ),
+            (
+                json!([{"op": "$nor", "with": cmp("/load", "$eq", json!(10))}]),
+                set(&["c3", "c4", "c5"]),
+            ),
+            (
+                json!([{"op": "$or", "with": [cmp("/region", "$eq", json!("us"))[0].clone(),
+                                                cmp("/tags", "$contains", json!(1))[0].clone()]}]),
+                set(&["c1", "c2"]),
+            ),
+            (
+                json!([{"path": "/load", "op": "$lt", "to": {"path": "/nothing", "default": 15}}]),
+                set(&["c1", "c2"]),
+            ),
+            (
+                json!([{"path": "/v", "op": "$eq", "to": {"path": "/s"}}]),
+                set(&["c1"]),
+            ),
+            (
+                json!([{"path": "/other", "op": "$in", "to": {"path": "/tags", "default": [true]}}]),
+                set(&["c5"]),
+            ),
+        ];
+        for (ops, expected) in &cases {
+            let got = broadcast_set(&mut sender, &mut clients, &app, ops.clone()).await;
+            assert_eq!(&got, expected, "{enc:?} ops {ops}");
+        }
+
+        // Updates move clients in and out of the match sets at once.
+        clients
+            .get_mut("c1")
+            .expect("c1")
+            .update_metadata(json!({"load": meta("integer", 30)}))
+            .await;
+        clients
+            .get_mut("c2")
+            .expect("c2")
+            .update_metadata(json!({"load": meta("string", "10")}))
+            .await;
+        for (ops, expected) in [
+            (cmp("/load", "$eq", json!(10)), set(&[])),
+            (cmp("/load", "$eq", json!("10")), set(&["c2"])),
+            (cmp("/load", "$gt", json!(25)), set(&["c1", "c4"])),
+            (
+                cmp("/load", "$ne", json!(30)),
+                set(&["c2", "c3", "c4", "c5"]),
+            ),
+        ] {
+            let got = broadcast_set(&mut sender, &mut clients, &app, ops.clone()).await;
+            assert_eq!(got, expected, "{enc:?} after updates, ops {ops}");
+        }
+
+        // A client that leaves stops matching.
+        clients.remove("c3").expect("c3").close().await;
+        await_disconnect(&mut watch, &app, "c3").await;
+        let got = broadcast_set(
+            &mut sender,
+            &mut clients,
+            &app,
+            cmp("/v", "$gt", json!("1.9.0")),
+        )
+        .await;
+        assert_eq!(got, set(&["c4"]), "{enc:?} after c3 left");
+        let got = broadcast_set(&mut sender, &mut clients, &app, json!([])).await;
+        assert_eq!(got, set(&["c1", "c2", "c4", "c5"]), "{enc:?}");
     }
 }

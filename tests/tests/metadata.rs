@@ -157,7 +157,9 @@ async fn an_update_is_visible_to_another_client_without_any_delay() {
     for enc in Enc::ALL {
         let app = format!("test-app-1-{}", enc.name());
         let mut a = gw.identify(enc, &app, "client-1").await;
-        let mut b = gw.identify(enc, "other-app", "client-2").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "client-2")
+            .await;
         let ops = eq("/test", json!(10));
         assert!(!routes(&mut b, &mut a, &app, ops.clone()).await);
         // The update is applied before A's next frame (the heartbeat of `update_metadata`), so
@@ -180,7 +182,9 @@ async fn a_float_entry_accepts_an_integer_and_stores_a_float() {
     for enc in Enc::ALL {
         let app = format!("f-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         a.update_metadata(json!({"x": meta("float", 1)})).await;
         assert!(routes(&mut b, &mut a, &app, eq("/x", json!(1.0))).await);
         assert!(routes(&mut b, &mut a, &app, eq("/x", json!(1))).await);
@@ -518,7 +522,9 @@ async fn validation_is_atomic_and_reports_every_failing_key_once() {
     for enc in Enc::ALL {
         let app = format!("atomic-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         a.update_metadata(json!({"keep": meta("integer", 1)})).await;
         a.dispatch(
             "UPDATE_METADATA",
@@ -546,7 +552,9 @@ async fn any_string_is_a_key_and_can_be_queried() {
     for enc in Enc::ALL {
         let app = format!("keys-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         a.update_metadata(json!({
             "": meta("string", "empty"),
             "a/b": meta("integer", 1),
@@ -580,7 +588,9 @@ async fn update_metadata_with_target_and_payload_keys_is_still_metadata() {
     for enc in Enc::ALL {
         let app = format!("tp-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         a.update_metadata(json!({
             "target": meta("map", json!({"application": app})),
             "payload": meta("string", "p"),
@@ -644,7 +654,9 @@ async fn replace_keeps_only_the_updated_keys_and_the_reserved_ones() {
     for enc in Enc::ALL {
         let app = format!("replace-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         a.update_metadata(json!({"a": meta("integer", 1)})).await;
         a.update_metadata(json!({"b": meta("integer", 2)})).await;
         let object = client_object(&mut b, &app, "a").await;
@@ -694,7 +706,9 @@ async fn an_update_over_the_size_limit_names_every_key_of_the_update() {
     for enc in Enc::ALL {
         let app = format!("size-{}", enc.name());
         let mut a = gw.identify(enc, &app, "a").await;
-        let mut b = gw.identify(enc, "other-app", "b").await;
+        let mut b = gw
+            .identify(enc, &format!("other-app-{}", enc.name()), "b")
+            .await;
         // Size so far: `namespace` + `null` = 13. `base` adds 4 + 30000 + 2.
         a.update_metadata(json!({"base": string_entry(30_000)}))
             .await;

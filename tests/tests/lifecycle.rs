@@ -1528,8 +1528,8 @@ async fn a_draining_node_unregisters_each_client_then_says_goodbye_and_closes_wi
         assert_eq!(closed.code, Some(1001));
         answer_close(client).await;
     }
-    // A connection that never identified is not a client and gets no goodbye frame, but the
-    // node still closes it as a shutdown: 1001.
+    // A connection that never identified is not a client, so no goodbye frame is promised to
+    // it (none is asserted), but the node still closes it as a shutdown: 1001.
     let closed = unidentified.closed().await;
     assert_eq!(closed.code, Some(1001), "{:?}", closed.frames);
     answer_close(&mut unidentified).await;

@@ -1512,3 +1512,358 @@ async fn match_sets_follow_the_operator_table_across_many_clients_and_updates() 
         assert_eq!(got, set(&["c1", "c2", "c4", "c5"]), "{enc:?}");
     }
 }
+
+// === more of SPEC §6.8: restricted, application, optional with selectors, ties ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_clients_match_only_queries_that_include_them() {
+    for enc in Enc::ALL {
+        let gw = TestGateway::start_with(|c| c.auth.password = Some("s3cret".into())).await;
+        let (mut restricted, _) = gw.connect(enc).await;
+        restricted
+            .send(json!({"op": 1, "d": {"application_id": "guarded", "client_id": "r"}}))
+            .await;
+        assert_eq!(restricted.recv().await["d"]["restricted"], true);
+        let mut sender = gw
+            .identify_with(
+                enc,
+                json!({"application_id": "probe", "client_id": "s", "auth": "s3cret"}),
+            )
+            .await;
+        for flag in [
+            json!(null),
+            json!(false),
+            json!("false"),
+            json!(1),
+            json!("True"),
+        ] {
+            let target = json!({"application": "guarded", "restricted": flag});
+            sender
+                .dispatch("SEND", json!({"target": target, "payload": 1}))
+                .await;
+            let info = expect_op3(&sender.recv().await, "no_route");
+            assert_eq!(info["target"], target, "{enc:?}");
+        }
+        for flag in [json!(true), json!("true")] {
+            sender
+                .dispatch(
+                    "SEND",
+                    json!({"target": {"application": "guarded", "restricted": flag},
+                           "nonce": flag, "payload": 1}),
+                )
+                .await;
+            let frame = restricted.recv().await;
+            assert_eq!(expect_delivery(&frame, "SEND"), (flag.clone(), json!(1)));
+        }
+        // QUERY_NODES follows the same rule.
+        sender
+            .dispatch("QUERY_NODES", json!({"application": "guarded"}))
+            .await;
+        assert_eq!(sender.recv().await["d"]["nodes"], json!([]));
+        sender
+            .dispatch(
+                "QUERY_NODES",
+                json!({"application": "guarded", "restricted": true}),
+            )
+            .await;
+        let nodes = sender.recv().await["d"]["nodes"].clone();
+        assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+        assert_eq!(nodes[0]["metadata"]["restricted"], true);
+        assert_eq!(nodes[0]["socket_ip"], Value::Null);
+        sender.expect_nothing().await;
+        restricted.expect_nothing().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_or_absent_application_matches_every_application() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let mark = format!("mark-{}", enc.name());
+        let mut clients: BTreeMap<&'static str, Client> = BTreeMap::new();
+        for (name, app) in [("x", "app-x"), ("y", "app-y"), ("z", "app-z")] {
+            let app = format!("{app}-{}", enc.name());
+            let metadata = if name == "z" {
+                json!({})
+            } else {
+                json!({"mark": meta("string", mark.clone())})
+            };
+            clients.insert(name, identify_meta(&gw, enc, &app, name, metadata).await);
+        }
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "s")
+            .await;
+        for application in [Some(json!(null)), None] {
+            let mut target = json!({"ops": cmp("/mark", "$eq", json!(mark))});
+            if let Some(application) = application {
+                target["application"] = application;
+            }
+            sender
+                .dispatch("BROADCAST", json!({"target": target, "payload": 0}))
+                .await;
+            sender.expect_nothing().await;
+            let mut reached = BTreeSet::new();
+            for (name, client) in clients.iter_mut() {
+                if pending_nonces(client, "BROADCAST").await.len() == 1 {
+                    reached.insert(*name);
+                }
+            }
+            assert_eq!(reached, BTreeSet::from(["x", "y"]), "{enc:?} {target}");
+        }
+        // Application ids match exactly and case-sensitively.
+        let target = json!({"application": format!("APP-X-{}", enc.name())});
+        sender
+            .dispatch("SEND", json!({"target": target, "payload": 0}))
+            .await;
+        expect_op3(&sender.recv().await, "no_route");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optional_fallback_is_not_applied_again_after_the_selector() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let app = format!("opt-{}", enc.name());
+        let mut a =
+            identify_meta(&gw, enc, &app, "a", json!({"region": meta("string", "eu")})).await;
+        let mut b = identify_meta(&gw, enc, &app, "b", json!({"load": meta("string", "10")})).await;
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "s")
+            .await;
+        // Nobody is in `us`: the fallback is the whole application, where nobody has a numeric
+        // `load` (a string does not take part), so the selector leaves nothing.
+        let target = json!({"application": app, "optional": true, "selector": {"$max": "load"},
+                            "ops": cmp("/region", "$eq", json!("us"))});
+        sender
+            .dispatch("SEND", json!({"target": target, "nonce": 1, "payload": 0}))
+            .await;
+        let info = expect_op3(&sender.recv().await, "no_route");
+        assert_eq!(info, json!({"t": "SEND", "nonce": 1, "target": target}));
+        // Without the selector the fallback delivers to one of the two.
+        let target = json!({"application": app, "optional": true,
+                            "ops": cmp("/region", "$eq", json!("us"))});
+        sender
+            .dispatch("SEND", json!({"target": target, "payload": 0}))
+            .await;
+        sender.expect_nothing().await;
+        let got =
+            pending_nonces(&mut a, "SEND").await.len() + pending_nonces(&mut b, "SEND").await.len();
+        assert_eq!(got, 1, "{enc:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_ties_are_broken_by_the_key_for_send_and_broadcast() {
+    for enc in Enc::ALL {
+        let gw = TestGateway::start().await;
+        let mut clients: BTreeMap<&'static str, Client> = BTreeMap::new();
+        // All four tie on `tie`; `a`, `c` and `d` tie on `$avg` of `load` (mean 15, 5 away).
+        for (name, load) in [("a", 10), ("b", 30), ("c", 10), ("d", 10)] {
+            let metadata = json!({"load": meta("integer", load), "tie": meta("integer", 1)});
+            clients.insert(name, identify_meta(&gw, enc, "svc", name, metadata).await);
+        }
+        let mut sender = gw
+            .identify(enc, &format!("probe-{}", enc.name()), "s")
+            .await;
+        for (t, selector, key, expected) in [
+            ("SEND", json!({"$min": "tie"}), "user-42", "a"),
+            ("BROADCAST", json!({"$min": "tie"}), "user-42", "a"),
+            ("SEND", json!({"$max": "tie"}), "order-7", "d"),
+            ("BROADCAST", json!({"$max": "tie"}), "order-7", "d"),
+            ("BROADCAST", json!({"$min": "tie"}), "", "b"),
+            ("SEND", json!({"$avg": "load"}), "user-42", "a"),
+            ("SEND", json!({"$avg": "load"}), "order-7", "d"),
+        ] {
+            for _ in 0..10 {
+                sender
+                    .dispatch(
+                        t,
+                        json!({"target": {"application": "svc", "selector": selector, "key": key},
+                               "payload": 0}),
+                    )
+                    .await;
+            }
+            sender.expect_nothing().await;
+            let mut counts = BTreeMap::new();
+            for (name, client) in clients.iter_mut() {
+                counts.insert(*name, pending_nonces(client, t).await.len());
+            }
+            assert_eq!(
+                sole_winner(&counts, 10),
+                expected,
+                "{enc:?} {t} {selector} {key:?}"
+            );
+        }
+        // Only `c` and `d` tie on `$min` of `load` once `a` is at 20; `order-7` prefers `d`.
+        clients
+            .get_mut("a")
+            .expect("a")
+            .update_metadata(json!({"load": meta("integer", 20)}))
+            .await;
+        sender
+            .dispatch(
+                "SEND",
+                json!({"target": {"application": "svc", "selector": {"$min": "load"},
+                                  "key": "order-7"}, "payload": 0}),
+            )
+            .await;
+        sender.expect_nothing().await;
+        assert_eq!(
+            pending_nonces(clients.get_mut("d").expect("d"), "SEND")
+                .await
+                .len(),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_identifies_are_not_announced_and_every_subscriber_hears_each_event_once() {
+    for enc in Enc::ALL {
+        let gw = TestGateway::start().await;
+        let mut subscribers = Vec::new();
+        for name in ["s1", "s2"] {
+            let mut s = gw
+                .identify_with(
+                    enc,
+                    json!({"application_id": "watch", "client_id": name,
+                           "receive_client_updates": true}),
+                )
+                .await;
+            // Each hears its own CLIENT_CONNECTED, and s1 hears s2's.
+            let own = s.recv().await;
+            assert_eq!(
+                expect_delivery(&own, "CLIENT_CONNECTED").1["client_id"],
+                name
+            );
+            subscribers.push(s);
+        }
+        let frame = subscribers[0].recv().await;
+        assert_eq!(
+            expect_delivery(&frame, "CLIENT_CONNECTED").1["client_id"],
+            "s2"
+        );
+
+        let mut first = gw.identify(enc, "api", "dup").await;
+        // A duplicate identity and an invalid identify never register: no events.
+        let (mut dup, _) = gw.connect(enc).await;
+        dup.send(json!({"op": 1, "d": {"application_id": "api", "client_id": "dup"}}))
+            .await;
+        dup.expect_fatal("dup: already registered for app api", 1008)
+            .await;
+        let (mut invalid, _) = gw.connect(enc).await;
+        invalid
+            .send(json!({"op": 1, "d": {"application_id": "api", "client_id": "a b"}}))
+            .await;
+        invalid
+            .expect_fatal(
+                "client_id: must not contain whitespace or control characters",
+                1008,
+            )
+            .await;
+        first.send(json!({"op": 0, "d": {}})).await;
+        first.expect_fatal("invalid client op :hello", 1008).await;
+        for s in &mut subscribers {
+            let events: Vec<(Value, Value)> = s
+                .sync()
+                .await
+                .iter()
+                .map(|f| {
+                    (
+                        f["t"].clone(),
+                        expect_delivery(f, f["t"].as_str().unwrap_or("")).1,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                events,
+                vec![
+                    (
+                        json!("CLIENT_CONNECTED"),
+                        json!({"app": "api", "client_id": "dup"})
+                    ),
+                    (
+                        json!("CLIENT_DISCONNECTED"),
+                        json!({"app": "api", "client_id": "dup"})
+                    ),
+                ],
+                "{enc:?}"
+            );
+        }
+    }
+}
+
+// === MessagePack outbound (SPEC §2.6) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_deliveries_use_str_strings_float64_and_the_smallest_integer_family() {
+    let gw = TestGateway::start().await;
+    let mut client = gw.identify(Enc::Msgpack, "mp-out", "c").await;
+    // Only values for which exactly one family is smallest.
+    let payload = json!([
+        0,
+        127,
+        128,
+        255,
+        65535,
+        4_294_967_295_u64,
+        u64::MAX,
+        -1,
+        -32,
+        -33,
+        -128,
+        -129,
+        -32768,
+        -2_147_483_648_i64,
+        i64::MIN,
+        1.0,
+        -0.5,
+        "s",
+        null,
+        true
+    ]);
+    let mut expected: Vec<u8> = vec![0xdc, 0x00, 20];
+    expected.extend([0x00, 0x7f, 0xcc, 0x80, 0xcc, 0xff, 0xcd, 0xff, 0xff]);
+    expected.extend([0xce, 0xff, 0xff, 0xff, 0xff]);
+    expected.extend([0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    expected.extend([
+        0xff, 0xe0, 0xd0, 0xdf, 0xd0, 0x80, 0xd1, 0xff, 0x7f, 0xd1, 0x80, 0x00,
+    ]);
+    expected.extend([0xd2, 0x80, 0x00, 0x00, 0x00]);
+    expected.extend([0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend([0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]);
+    expected.extend([0xcb, 0xbf, 0xe0, 0, 0, 0, 0, 0, 0]);
+    expected.extend([0xa1, b's', 0xc0, 0xc3]);
+    client
+        .dispatch(
+            "SEND",
+            json!({"target": {"application": "mp-out"}, "nonce": "n", "payload": payload}),
+        )
+        .await;
+    let Some(tokio_tungstenite::tungstenite::Message::Binary(bytes)) = client.next_message().await
+    else {
+        panic!("a binary delivery");
+    };
+    assert!(
+        bytes
+            .windows(expected.len())
+            .any(|w| w == expected.as_slice()),
+        "the payload's exact bytes {expected:02x?} are in {:02x?}",
+        &bytes[..]
+    );
+    // Envelope and `d` keys are str, as is the string `t`.
+    for key in ["op", "d", "t", "ts", "target", "nonce", "payload", "SEND"] {
+        let mut str_key = vec![0xa0 | key.len() as u8];
+        str_key.extend_from_slice(key.as_bytes());
+        assert!(
+            bytes
+                .windows(str_key.len())
+                .any(|w| w == str_key.as_slice()),
+            "{key} as a fixstr in {:02x?}",
+            &bytes[..]
+        );
+    }
+    let decoded: Value = rmp_serde::from_slice(&bytes).expect("msgpack");
+    assert_eq!(decoded["d"]["payload"], payload);
+    client.expect_nothing().await;
+}

@@ -213,7 +213,11 @@ impl Metadata {
             .sum::<usize>()
             + entry_size(reserved::NAMESPACE, &reserved.namespace);
         if size > limits.max_bytes {
-            return Err(size_errors(update.keys(), limits));
+            // A given namespace is part of what identify writes, so it is named too; alone,
+            // it would otherwise leave the error without a single message.
+            let namespace = reserved::NAMESPACE.to_owned();
+            let given = (!reserved.namespace.is_null()).then_some(&namespace);
+            return Err(size_errors(update.keys().chain(given), limits));
         }
         let namespace_type = MetaType::of_namespace(&reserved.namespace);
         entries.extend([
@@ -622,6 +626,34 @@ mod tests {
         let errors =
             Metadata::initial(&Value::Int(1), reserved(), &MetadataLimits::default()).unwrap_err();
         assert_eq!(errors["metadata"], "metadata: must be an object");
+    }
+
+    #[test]
+    fn an_oversize_identify_names_the_namespace_when_one_was_given() {
+        let limits = MetadataLimits {
+            max_bytes: 20,
+            ..MetadataLimits::default()
+        };
+        let message = |k: &str| format!("{k}: metadata size limit exceeded (max 20 bytes)");
+        let mut r = reserved();
+        r.namespace = Value::from("x".repeat(20));
+        let errors = Metadata::initial(&Value::Null, r.clone(), &limits).unwrap_err();
+        assert_eq!(
+            errors,
+            KeyErrors::from([("namespace".into(), message("namespace"))])
+        );
+        let metadata = Value::Object(Map::from([(
+            "k".to_owned(),
+            entry("integer", Value::Int(1)),
+        )]));
+        let errors = Metadata::initial(&metadata, r, &limits).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        let big = Value::Object(Map::from([(
+            "k".to_owned(),
+            entry("string", Value::from("x".repeat(20))),
+        )]));
+        let errors = Metadata::initial(&big, reserved(), &limits).unwrap_err();
+        assert_eq!(errors, KeyErrors::from([("k".into(), message("k"))]));
     }
 
     #[test]

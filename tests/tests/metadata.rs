@@ -834,3 +834,152 @@ async fn the_size_and_depth_limits_follow_the_configuration() {
             .await;
     }
 }
+
+// === identify: initial metadata and namespace (SPEC §4.3 check 13, §5.3, §5.4) ===
+
+/// Identifies with `d` and expects op 8 `initial metadata: invalid` with `extra_info`.
+async fn expect_initial_metadata_invalid(gw: &TestGateway, enc: Enc, d: Value, extra_info: Value) {
+    let (mut client, _) = gw.connect(enc).await;
+    client.send(json!({"op": 1, "d": d})).await;
+    let fatal = client.expect_fatal("initial metadata: invalid", 1008).await;
+    assert_eq!(
+        fatal,
+        json!({"error": "initial metadata: invalid", "extra_info": extra_info}),
+        "{enc:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_metadata_follows_the_same_rules_and_is_fatal() {
+    let gw = TestGateway::start().await;
+    let limit = "metadata size limit exceeded (max 65536 bytes)";
+    for enc in Enc::ALL {
+        let id =
+            |n: &str| json!({"application_id": format!("init-{}", enc.name()), "client_id": n});
+        let with = |n: &str, extra: Value| {
+            let mut d = id(n);
+            for (k, v) in extra.as_object().expect("object") {
+                d[k] = v.clone();
+            }
+            d
+        };
+        expect_initial_metadata_invalid(
+            &gw,
+            enc,
+            with(
+                "a",
+                json!({"metadata": {"a": {"type": "nope", "value": 1},
+                                          "ip": meta("string", "x"), "ok": meta("string", "y"),
+                                          "m": 5}}),
+            ),
+            json!({"a": "a: type 'nope' doesn't exist", "ip": "ip: forbidden metadata key",
+                   "m": "m: malformed entry (expected an object with 'type' and 'value')"}),
+        )
+        .await;
+        for not_an_object in [json!(5), json!("x"), json!([]), json!(true)] {
+            expect_initial_metadata_invalid(
+                &gw,
+                enc,
+                with("b", json!({"metadata": not_an_object})),
+                json!({"metadata": "metadata: must be an object"}),
+            )
+            .await;
+        }
+        expect_initial_metadata_invalid(
+            &gw,
+            enc,
+            with("c", json!({"namespace": nested_list(33)})),
+            json!({"namespace": "namespace: value nested too deeply (max depth 32)"}),
+        )
+        .await;
+        // 9 + 2 (`""`) for the namespace leaves 65525 bytes: `k` with 65522 characters is
+        // exactly at the limit. With no namespace (13 bytes for `null`) `k` and `j` are over.
+        let ok = gw
+            .identify_with(
+                enc,
+                with(
+                    "d",
+                    json!({"namespace": "", "metadata": {"k": string_entry(65_522)}}),
+                ),
+            )
+            .await;
+        ok.close().await;
+        expect_initial_metadata_invalid(
+            &gw,
+            enc,
+            with(
+                "e",
+                json!({"metadata": {"k": string_entry(65_520), "j": meta("boolean", true)}}),
+            ),
+            json!({"k": format!("k: {limit}"), "j": format!("j: {limit}")}),
+        )
+        .await;
+        // A namespace that is too large by itself is reported under its own key.
+        expect_initial_metadata_invalid(
+            &gw,
+            enc,
+            with("f", json!({"namespace": "x".repeat(70_000)})),
+            json!({"namespace": format!("namespace: {limit}")}),
+        )
+        .await;
+        // `metadata: null` is no metadata.
+        let fine = gw
+            .identify_with(enc, with("g", json!({"metadata": null})))
+            .await;
+        fine.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_is_stored_as_sent_with_a_type_derived_from_its_value() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let app = format!("ns-{}", enc.name());
+        let mut asker = gw
+            .identify(enc, &format!("asker-{}", enc.name()), "q")
+            .await;
+        let cases = [
+            ("s", json!("prod"), "string"),
+            ("i", json!(5), "integer"),
+            ("f", json!(1.5), "float"),
+            ("b", json!(false), "boolean"),
+            ("l", json!([1, "a"]), "list"),
+            ("m", json!({"a": [1.0]}), "map"),
+            ("n", json!(null), "string"),
+        ];
+        let mut keep = Vec::new();
+        for (name, namespace, ty) in &cases {
+            let client = gw
+                .identify_with(
+                    enc,
+                    json!({"application_id": app, "client_id": name, "namespace": namespace}),
+                )
+                .await;
+            let object = client_object(&mut asker, &app, name).await;
+            assert_eq!(
+                object["metadata"]["namespace"], *namespace,
+                "{enc:?} {name}"
+            );
+            assert_eq!(object["metadata_types"]["namespace"], *ty, "{enc:?} {name}");
+            keep.push(client);
+        }
+        // Absent is null, and the namespace is queryable like any key.
+        let _absent = gw.identify(enc, &app, "absent").await;
+        let object = client_object(&mut asker, &app, "absent").await;
+        assert_eq!(object["metadata"]["namespace"], Value::Null);
+        let nodes = query_nodes(
+            &mut asker,
+            json!({"application": app, "ops": eq("/namespace", json!("prod"))}),
+        )
+        .await;
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["client_id"], "s");
+        let nodes = query_nodes(
+            &mut asker,
+            json!({"application": app, "ops": eq("/namespace/a/0", json!(1))}),
+        )
+        .await;
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["client_id"], "m");
+    }
+}

@@ -593,21 +593,16 @@ fn reference_metadata() -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_target() {
-    let rows = worked_examples();
-    assert_eq!(
-        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-        (1..=32).collect::<Vec<_>>()
-    );
+/// Sends each row's target as a SEND from a probe against the reference client of SPEC §6.13
+/// and checks the stated result, with a node per encoding (the identity `api/api-1` is fixed).
+async fn check_against_the_reference_client(rows: &[(u32, Value, Expect)]) {
     for enc in Enc::ALL {
-        // A node per encoding: the reference identity `api/api-1` is fixed by the SPEC.
         let gw = TestGateway::start().await;
         let mut reference = identify_meta(&gw, enc, "api", "api-1", reference_metadata()).await;
         let mut sender = gw
             .identify(enc, &format!("probe-{}", enc.name()), "sender")
             .await;
-        for (row, target, expect) in &rows {
+        for (row, target, expect) in rows {
             let payload = json!({"row": row, "f": 1.0});
             sender
                 .dispatch(
@@ -620,7 +615,7 @@ async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_targ
             let to_sender = sender.sync().await;
             let to_reference = reference.sync().await;
             let context = format!(
-                "{enc:?} row {row}: sender got {to_sender:?}, reference got {to_reference:?}"
+                "{enc:?} row {row} {target}: sender got {to_sender:?}, reference got {to_reference:?}"
             );
             match expect {
                 Expect::Match => {
@@ -649,6 +644,184 @@ async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_targ
         }
         sender.expect_nothing().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worked_example_of_the_spec_gives_its_stated_result_as_a_send_target() {
+    let rows = worked_examples();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=32).collect::<Vec<_>>()
+    );
+    check_against_the_reference_client(&rows).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_operands_and_legacy_forms_follow_the_spec_against_the_reference_client() {
+    use Expect::*;
+    let elements: Vec<(Value, Expect)> = vec![
+        // Array indexes must be canonical and in bounds; otherwise the path is MISSING.
+        (
+            json!({"path": "/tags/1", "op": "$eq", "to": {"value": "ssd"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/tags/01", "op": "$eq", "to": {"value": "ssd"}}),
+            NoMatch,
+        ),
+        (
+            json!({"path": "/tags/3", "op": "$eq", "to": {"value": null}}),
+            NoMatch,
+        ),
+        (
+            json!({"path": "/tags/-", "op": "$ne", "to": {"value": 1}}),
+            Match,
+        ),
+        (
+            json!({"path": "/tags/01", "op": "$nin", "to": {"value": ["ssd"]}}),
+            Match,
+        ),
+        (
+            json!({"path": "/limits/zones/1", "op": "$eq", "to": {"value": "b"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/region/0", "op": "$ne", "to": {"value": "e"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/a/b", "op": "$eq", "to": {"value": "slash"}}),
+            NoMatch,
+        ),
+        // `$contains` only looks into arrays; `$ncontains` negates it exactly.
+        (
+            json!({"path": "/limits", "op": "$contains", "to": {"value": "rps"}}),
+            NoMatch,
+        ),
+        (
+            json!({"path": "/limits", "op": "$ncontains", "to": {"value": "rps"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/tags", "op": "$contains", "to": {"value": 3.0}}),
+            Match,
+        ),
+        // Deep equality of maps, numbers numerically.
+        (
+            json!({"path": "/limits", "op": "$eq", "to": {"value":
+            {"rps": 100.0, "zones": ["a", "b"], "0": "zero"}}}),
+            Match,
+        ),
+        (
+            json!({"path": "/limits", "op": "$eq", "to": {"value": {"rps": 100}}}),
+            NoMatch,
+        ),
+        // `value` wins over `path`; a path operand keeps its version typing.
+        (
+            json!({"path": "/load", "op": "$eq", "to": {"value": 42, "path": "/missing"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/key2", "op": "$lt", "to": {"path": "/load"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/region", "op": "$in", "to": {"path": "/load"}}),
+            NoMatch,
+        ),
+        (
+            json!({"path": "/region", "op": "$nin", "to": {"path": "/load"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/region", "op": "$in", "to": {"path": "/missing", "default": ["eu-west"]}}),
+            Match,
+        ),
+        // Versions: prerelease ordering and build metadata.
+        (
+            json!({"path": "/version", "op": "$lt", "to": {"value": "1.10.1-alpha"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/version", "op": "$eq", "to": {"value": "1.10.0+sha.5"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/version", "op": "$gt", "to": {"value": "1.10.0-rc.1"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/version", "op": "$lte", "to": {"value": "1.10.0-zzz"}}),
+            NoMatch,
+        ),
+        // Reserved keys.
+        (
+            json!({"path": "/encoding", "op": "$in", "to": {"value": ["json", "msgpack"]}}),
+            Match,
+        ),
+        (
+            json!({"path": "/ip", "op": "$eq", "to": {"value": "127.0.0.1"}}),
+            Match,
+        ),
+        (
+            json!({"path": "/namespace", "op": "$eq", "to": {"value": null}}),
+            Match,
+        ),
+        (
+            json!({"path": "/receive_client_updates", "op": "$eq", "to": {"value": false}}),
+            Match,
+        ),
+        (
+            json!({"path": "/last_heartbeat_time", "op": "$gt", "to": {"value": 1_600_000_000_000_u64}}),
+            Match,
+        ),
+        // The legacy form in all its shapes.
+        (
+            json!({"load": {"$and": [{"$gt": 10}, {"$lt": 20}]}}),
+            NoMatch,
+        ),
+        (json!({"load": {"$and": [{"$gt": 40}, {"$lt": 50}]}}), Match),
+        (json!({"load": {"$or": [{"$eq": 1}, {"$eq": 42}]}}), Match),
+        (json!({"load": {"$nor": [{"$eq": 1}, {"$eq": 2}]}}), Match),
+        (
+            json!({"region": {"$in": ["eu-west", "eu-north"]}, "beta": {"$eq": true}}),
+            Match,
+        ),
+        (
+            json!({"region": {"$in": ["eu-west"]}, "beta": {"$eq": false}}),
+            NoMatch,
+        ),
+        (
+            json!({"$or": [{"region": {"$eq": "us"}}, {"beta": {"$eq": true}}]}),
+            Match,
+        ),
+        (
+            json!({"$nor": [{"region": {"$eq": "us"}}, {"path": "/beta", "op": "$eq", "to": {"value": false}}]}),
+            Match,
+        ),
+        (json!({"$and": []}), Match),
+        (json!({"a/b": {"$eq": "slash"}}), Match),
+        (
+            json!({"tags": {"$contains": "gpu", "$ncontains": "tpu"}}),
+            Match,
+        ),
+        (json!({"version": {"$gt": "1.9.0"}}), Match),
+        (json!({"op": {"$eq": 1}}), NoMatch),
+        (json!({"missing": {"$ne": 1}}), Match),
+        (json!({"$foo": 1}), Invalid("op: unknown operator '$foo'")),
+    ];
+    let rows: Vec<(u32, Value, Expect)> = elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, (element, expect))| {
+            (
+                100 + i as u32,
+                json!({"application": "api", "ops": [element]}),
+                expect,
+            )
+        })
+        .collect();
+    check_against_the_reference_client(&rows).await;
 }
 
 // === item 41, 42: no_route and invalid query ===

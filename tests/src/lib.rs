@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// How long to wait for something that should happen. Tunable with `GANGLION_TEST_PATIENCE_MS`
 /// for slow machines.
@@ -118,7 +118,7 @@ impl TestGateway {
 
     /// Opens a websocket without reading anything.
     pub async fn connect_raw(&self, encoding: Enc) -> Client {
-        let (ws, _) = connect_async(self.ws_url(encoding.query()))
+        let (ws, _) = connect_async_with_config(self.ws_url(encoding.query()), None, true)
             .await
             .expect("websocket handshake");
         Client { ws, encoding }
@@ -325,6 +325,9 @@ impl Client {
         loop {
             match self.next_message().await {
                 Some(Message::Close(frame)) => {
+                    // Polling once more sends tungstenite's reply to the server's close, so
+                    // the server does not wait out its close timeout.
+                    let _ = tokio::time::timeout(patience(), self.ws.next()).await;
                     return Closed {
                         frames,
                         code: frame.map(|f: CloseFrame| u16::from(f.code)),

@@ -24,20 +24,26 @@ struct Job {
     then: Option<Continuation>,
 }
 
-/// A handle to the journal thread. Clones share it; the thread ends when the last is dropped.
-#[derive(Clone)]
+/// The handle to the journal thread. Dropping it waits until every job submitted so far is
+/// committed and the store is closed, so a node that stops leaves its store closed: reopened at
+/// once (by the same process, or after it exits) without finding it still in use or unclean.
 pub struct Journal {
-    jobs: Sender<Job>,
+    /// `None` only while dropping: closing the channel is what stops the writer.
+    jobs: Option<Sender<Job>>,
+    writer: Option<thread::JoinHandle<()>>,
 }
 
 impl Journal {
     /// Starts the writer thread.
     pub fn start(store: Arc<dyn QueueStore>) -> std::io::Result<Journal> {
         let (jobs, rx) = mpsc::channel();
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("ganglion-journal".into())
             .spawn(move || run(store, rx))?;
-        Ok(Journal { jobs })
+        Ok(Journal {
+            jobs: Some(jobs),
+            writer: Some(writer),
+        })
     }
 
     /// Queues changes without waiting (state changes whose loss in a crash only causes a
@@ -63,11 +69,27 @@ impl Journal {
     }
 
     fn send(&self, job: Job) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            // The writer is gone (it only stops when every handle is dropped): fail the job.
-            if let Some(then) = job.then {
-                then(Err(StoreError("the queue journal has stopped".into())));
-            }
+        let refused = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        // The writer is gone (it only stops when the handle is dropped): fail the job.
+        if let Some(then) = refused.and_then(|job| job.then) {
+            then(Err(StoreError("the queue journal has stopped".into())));
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        // The last handle can be dropped by a continuation, on the writer thread itself: that
+        // thread ends on its own once the continuation returns.
+        if writer.thread().id() != thread::current().id() {
+            let _ = writer.join();
         }
     }
 }
@@ -133,6 +155,38 @@ mod tests {
         }
         let order: Vec<i32> = (0..100).map(|_| rx.recv().unwrap()).collect();
         assert_eq!(order, (0..100).collect::<Vec<_>>());
+    }
+
+    /// Counts the ops it commits.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl QueueStore for Counting {
+        fn load(&self) -> Result<Vec<crate::queue::StoredMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            self.0
+                .fetch_add(ops.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dropping_the_journal_commits_what_it_holds_and_releases_the_store() {
+        let store = Arc::new(Counting::default());
+        let journal = Journal::start(store.clone()).unwrap();
+        for i in 0..1000 {
+            journal.submit(vec![StoreOp::Delete {
+                queue: "q".into(),
+                id: i.to_string(),
+            }]);
+        }
+        drop(journal);
+        assert_eq!(store.0.load(std::sync::atomic::Ordering::SeqCst), 1000);
+        // The writer thread held the only other reference, and has let it go.
+        assert_eq!(Arc::strong_count(&store), 1);
     }
 
     struct Failing;

@@ -2,9 +2,11 @@
 //! `queue.max_deliveries` — list, replay, delete.
 
 use axum::Router as AxumRouter;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use ganglion_core::Value;
 use ganglion_core::queue::{MessageState, QueueStats, StoredMessage, validate_name};
@@ -20,10 +22,10 @@ pub fn routes() -> AxumRouter<AppState> {
     AxumRouter::new()
         .route("/api/v1/queues", get(list))
         .route("/api/v1/queues/{queue}", get(one))
-        .route("/api/v1/queues/{queue}/dead", get(parked).delete(purge))
-        .route("/api/v1/queues/{queue}/dead/replay", post(replay_all))
-        .route("/api/v1/queues/{queue}/dead/{id}/replay", post(replay_one))
-        .route("/api/v1/queues/{queue}/dead/{id}", delete(delete_one))
+        .route("/api/v1/queues/{queue}/dead", get(parked).delete(remove))
+        .route("/api/v1/queues/{queue}/dead/replay", post(replay))
+        .route("/api/v1/queues/{queue}/dead/{id}/replay", post(replay))
+        .route("/api/v1/queues/{queue}/dead/{id}", delete(remove))
 }
 
 fn stats_json(s: &QueueStats) -> serde_json::Value {
@@ -57,11 +59,107 @@ fn message_json(m: &StoredMessage) -> serde_json::Value {
     })
 }
 
+/// What axum's `Path` extractor gives, or why it could not.
+type RawParams = Result<Path<Vec<(String, String)>>, PathRejection>;
+
+/// Why the parameters of a queue route are refused.
+enum Refused {
+    /// 400 with a SPEC §8.1 reason.
+    Name(&'static str),
+    /// 404 `unknown message id`.
+    UnknownMessage,
+    /// Anything else axum reports (not expected for string parameters).
+    Path(StatusCode, String),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Name(reason) => errors(StatusCode::BAD_REQUEST, reason),
+            Refused::UnknownMessage => unknown_message(),
+            Refused::Path(status, text) => errors(status, &text),
+        }
+    }
+}
+
 /// The 400 for a queue name in the path that no queue could have.
-fn refuse_bad_name(queue: &str) -> Option<Response> {
+fn check_name(queue: &str) -> Result<(), Refused> {
     validate_name(&Value::from(queue))
-        .err()
-        .map(|reason| errors(StatusCode::BAD_REQUEST, reason))
+        .map(drop)
+        .map_err(Refused::Name)
+}
+
+/// The percent-decoded `{queue}` and `{id}` of a queue route, the name already validated.
+///
+/// axum answers a parameter that is not UTF-8 once decoded with a plain-text 400, and then
+/// keeps none of the parameters. Here such a name is refused with SPEC §8.1's reason, and such
+/// an id is one no message has (after the name is checked, read from the path itself), both in
+/// JSON like every other answer (SPEC §9.1).
+fn read_params(params: RawParams, uri: &Uri) -> Result<(String, Option<String>), Refused> {
+    let params = match params {
+        Ok(Path(params)) => params,
+        Err(PathRejection::FailedToDeserializePathParams(e)) => {
+            return Err(match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } if key == "id" => {
+                    check_name(&queue_in_path(uri))
+                        .err()
+                        .unwrap_or(Refused::UnknownMessage)
+                }
+                ErrorKind::InvalidUtf8InPathParam { .. } => {
+                    Refused::Name("queue: must be a string")
+                }
+                _ => Refused::Path(e.status(), e.body_text()),
+            });
+        }
+        Err(other) => return Err(Refused::Path(other.status(), other.body_text())),
+    };
+    let mut queue = String::new();
+    let mut id = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "queue" => queue = value,
+            "id" => id = Some(value),
+            _ => {}
+        }
+    }
+    check_name(&queue)?;
+    Ok((queue, id))
+}
+
+/// The `{queue}` segment of `/api/v1/queues/{queue}/...`, percent-decoded.
+fn queue_in_path(uri: &Uri) -> String {
+    let segment = uri
+        .path()
+        .strip_prefix("/api/v1/queues/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&percent_decode(segment)).into_owned()
+}
+
+/// `%XX` escapes to bytes; anything else, malformed escapes included, stays as it is (axum's
+/// own decoding of path parameters).
+fn percent_decode(raw: &str) -> Vec<u8> {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    decoded
 }
 
 fn unknown_message() -> Response {
@@ -84,10 +182,11 @@ async fn list(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/queues/{queue}`: one queue's counts; a queue nobody has used is all zeros.
-async fn one(State(state): State<AppState>, Path(queue): Path<String>) -> Response {
-    if let Some(response) = refuse_bad_name(&queue) {
-        return response;
-    }
+async fn one(State(state): State<AppState>, params: RawParams, uri: Uri) -> Response {
+    let queue = match read_params(params, &uri) {
+        Ok((queue, _)) => queue,
+        Err(refused) => return refused.into_response(),
+    };
     let stats = state
         .router
         .queues()
@@ -107,16 +206,20 @@ struct Limit {
 /// `GET /api/v1/queues/{queue}/dead?limit=N`.
 async fn parked(
     State(state): State<AppState>,
-    Path(queue): Path<String>,
-    Query(limit): Query<Limit>,
+    params: RawParams,
+    uri: Uri,
+    limit: Result<Query<Limit>, QueryRejection>,
 ) -> Response {
-    if let Some(response) = refuse_bad_name(&queue) {
-        return response;
-    }
-    let limit = match limit.limit.as_deref().map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) => n.min(MAX_LIMIT),
-        Some(Err(_)) => {
+    let queue = match read_params(params, &uri) {
+        Ok((queue, _)) => queue,
+        Err(refused) => return refused.into_response(),
+    };
+    // A query string that does not parse (a repeated `limit`, bytes that are not UTF-8) has
+    // no usable limit either.
+    let limit = match limit.map(|Query(l)| l.limit.map(|l| l.parse::<usize>())) {
+        Ok(None) => 100,
+        Ok(Some(Ok(n))) => n.min(MAX_LIMIT),
+        Ok(Some(Err(_))) | Err(_) => {
             return errors(
                 StatusCode::BAD_REQUEST,
                 "limit: must be a non-negative integer",
@@ -136,45 +239,29 @@ async fn parked(
     )
 }
 
-async fn replay_all(State(state): State<AppState>, Path(queue): Path<String>) -> Response {
-    replay(&state, &queue, None)
-}
-
-async fn replay_one(
-    State(state): State<AppState>,
-    Path((queue, id)): Path<(String, String)>,
-) -> Response {
-    replay(&state, &queue, Some(&[id]))
-}
-
-fn replay(state: &AppState, queue: &str, ids: Option<&[String]>) -> Response {
-    if let Some(response) = refuse_bad_name(queue) {
-        return response;
-    }
-    match state.router.queues().replay(queue, ids) {
+/// `POST .../dead/replay` (every parked message) and `POST .../dead/{id}/replay`.
+async fn replay(State(state): State<AppState>, params: RawParams, uri: Uri) -> Response {
+    let (queue, id) = match read_params(params, &uri) {
+        Ok(params) => params,
+        Err(refused) => return refused.into_response(),
+    };
+    let ids = id.map(|id| vec![id]);
+    match state.router.queues().replay(&queue, ids.as_deref()) {
         Some(replayed) => json_response(StatusCode::OK, &json!({ "replayed": replayed })),
         None if ids.is_none() => json_response(StatusCode::OK, &json!({ "replayed": [] })),
         None => unknown_message(),
     }
 }
 
-async fn delete_one(
-    State(state): State<AppState>,
-    Path((queue, id)): Path<(String, String)>,
-) -> Response {
-    remove(&state, &queue, Some(&[id]))
-}
-
-/// `DELETE /api/v1/queues/{queue}/dead`: deletes every parked message (an extension).
-async fn purge(State(state): State<AppState>, Path(queue): Path<String>) -> Response {
-    remove(&state, &queue, None)
-}
-
-fn remove(state: &AppState, queue: &str, ids: Option<&[String]>) -> Response {
-    if let Some(response) = refuse_bad_name(queue) {
-        return response;
-    }
-    match state.router.queues().delete_parked(queue, ids) {
+/// `DELETE .../dead/{id}`, and `DELETE .../dead`, which deletes every parked message (an
+/// extension).
+async fn remove(State(state): State<AppState>, params: RawParams, uri: Uri) -> Response {
+    let (queue, id) = match read_params(params, &uri) {
+        Ok(params) => params,
+        Err(refused) => return refused.into_response(),
+    };
+    let ids = id.map(|id| vec![id]);
+    match state.router.queues().delete_parked(&queue, ids.as_deref()) {
         Some(deleted) => json_response(StatusCode::OK, &json!({ "deleted": deleted })),
         None if ids.is_none() => json_response(StatusCode::OK, &json!({ "deleted": [] })),
         None => unknown_message(),

@@ -415,11 +415,19 @@ impl Queues {
         let Some(q) = self.queues.get_mut(name) else {
             return effects;
         };
-        let ready: Vec<String> = q.ready.values().cloned().collect();
-        for id in ready {
-            if q.waiting.is_empty() {
+        // Walk the FIFO with a cursor: delivering removes entries, and a pass with nobody
+        // waiting must cost nothing however long the queue is.
+        let mut cursor = 0;
+        while !q.waiting.is_empty() {
+            let Some((seq, id)) = q
+                .ready
+                .range(cursor..)
+                .next()
+                .map(|(s, id)| (*s, id.clone()))
+            else {
                 break;
-            }
+            };
+            cursor = seq + 1;
             let Some(entry) = q.entries.get(&id) else {
                 continue;
             };

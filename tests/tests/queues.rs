@@ -1433,6 +1433,101 @@ async fn messages_reach_only_consumers_whose_metadata_matches_their_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_key_and_droppable_do_not_apply_to_queued_messages() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let app = format!("loaded-{}", enc.name());
+        let q = format!("selected-{}", enc.name());
+        let mut producer = gw.identify(enc, "producer", "p").await;
+        let mut heavy = identify_meta(
+            &gw,
+            enc,
+            &app,
+            "heavy",
+            json!({"load": meta("integer", 60)}),
+        )
+        .await;
+        let mut light = identify_meta(
+            &gw,
+            enc,
+            &app,
+            "light",
+            json!({"load": meta("integer", 10)}),
+        )
+        .await;
+        request(&mut heavy, &q).await;
+        heavy.expect_nothing().await;
+        request(&mut light, &q).await;
+        light.expect_nothing().await;
+        let target = json!({"application": app, "selector": {"$min": "/load"}, "key": "k",
+                            "droppable": true});
+        // The longest waiting match gets it, not the selector's pick.
+        let first = push(&mut producer, &q, target.clone(), json!(1), json!(1)).await;
+        assert_eq!(expect_delivery(&heavy.recv().await, &q).0, first);
+        light.expect_nothing().await;
+        let second = push(&mut producer, &q, target, json!(2), json!(2)).await;
+        assert_eq!(expect_delivery(&light.recv().await, &q).0, second);
+        // Matching nobody, droppable or not, a message waits.
+        for droppable in [true, false] {
+            push(
+                &mut producer,
+                &q,
+                json!({"application": "nobody", "droppable": droppable}),
+                json!(droppable),
+                json!(3),
+            )
+            .await;
+        }
+        assert_eq!(stats(&gw, &q).await, counts(&q, [2, 2, 0, 0, 0]));
+        producer.expect_nothing().await;
+        for client in [heavy, light, producer] {
+            client.close().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waiting_on_several_queues_gets_one_message_from_each() {
+    let gw = TestGateway::start().await;
+    for enc in Enc::ALL {
+        let app = format!("multi-{}", enc.name());
+        let queues = [format!("m1-{}", enc.name()), format!("m2-{}", enc.name())];
+        let mut producer = gw.identify(enc, "producer", "p").await;
+        let mut consumer = gw.identify(enc, &app, "c").await;
+        for q in &queues {
+            request(&mut consumer, q).await;
+        }
+        let mut ids = Vec::new();
+        for q in queues.iter().rev() {
+            for n in 0..2 {
+                let id = push(
+                    &mut producer,
+                    q,
+                    json!({"application": app}),
+                    json!(n),
+                    json!(n),
+                )
+                .await;
+                ids.push((q, n, id));
+            }
+        }
+        // One from each queue, the oldest of each; the second of each waits.
+        for (q, n, id) in &ids {
+            if *n == 0 {
+                assert_eq!(expect_delivery(&consumer.recv().await, q).0, *id);
+            }
+        }
+        consumer.expect_nothing().await;
+        for q in &queues {
+            assert_eq!(stats(&gw, q).await, counts(q, [1, 1, 0, 0, 0]));
+        }
+        for client in [consumer, producer] {
+            client.close().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_applications_sharing_a_queue_each_get_only_their_own_messages_in_order() {
     let gw = TestGateway::start().await;
     let mut producer = gw.identify(Enc::Json, "producer", "p").await;
@@ -1898,11 +1993,6 @@ async fn the_parked_list_is_oldest_first_100_by_default_and_at_most_1000() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "limit={limit}: {body}");
         assert_eq!(keys(&body), key_set(&["errors"]), "{body}");
     }
-    // A queue without parked messages lists none.
-    assert_eq!(
-        get_ok(&gw, "/api/v1/queues/none/dead").await,
-        json!({"queue": "none", "messages": []})
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1984,14 +2074,26 @@ async fn parked_messages_can_be_replayed_or_deleted_one_by_one_or_all_at_once() 
     let (status, body) = call(&gw, Method::POST, &format!("{base}/replay"), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"replayed": []})));
 
-    // Unacked again, all five park again; purge deletes them all.
+    // Unacked again, all five park again; purge deletes them all, and only them.
     counts_become(&gw, "dlq", [0, 0, 0, 5, 0]).await;
+    let mut producer = gw.identify(Enc::Json, "producer", "p").await;
+    let kept = push(
+        &mut producer,
+        "dlq",
+        json!({"application": "nobody"}),
+        json!("kept"),
+        json!(0),
+    )
+    .await;
     let parked = parked_ids(&get_ok(&gw, base).await, "dlq");
     let (status, body) = call(&gw, Method::DELETE, base, &[]).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"deleted": parked})));
-    assert_eq!(stats(&gw, "dlq").await, counts("dlq", [0; 5]));
+    assert_eq!(stats(&gw, "dlq").await, counts("dlq", [1, 0, 0, 0, 0]));
     let (status, body) = call(&gw, Method::DELETE, base, &[]).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"deleted": []})));
+    let (status, body) = call(&gw, Method::DELETE, &format!("{base}/{kept}"), &[]).await;
+    assert_eq!((status, body), (StatusCode::NOT_FOUND, not_found));
+    producer.close().await;
     // Deleted for good: a late ack from the last consumer finds nothing.
     ack(&mut taker, "dlq", &ids[0]).await;
     expect_unknown_id(&mut taker, "dlq", &json!(ids[0])).await;
@@ -2375,6 +2477,8 @@ async fn alo_consumer(
             id: id.clone(),
             nonce,
         });
+        // A held message that came back is decided afresh; the other held acks go now.
+        held.retain(|h| *h != id);
         for late in held.drain(..) {
             verdicts.ack(&mut client, late, AckKind::Late).await;
         }
@@ -2535,4 +2639,96 @@ async fn every_confirmed_message_is_acked_exactly_once_despite_forgotten_late_an
     );
     // The scenario did exercise redelivery and reconnection.
     assert!(deliveries > total as u64 && reconnects > 0, "seed {seed}");
+}
+
+// === QUEUE confirms before a fatal error ===
+
+/// A frame that ends the connection with op 8, sent right after pipelined QUEUEs.
+fn fatal_frames(enc: Enc) -> Vec<(&'static str, Message, &'static str, u16)> {
+    let (wrong_kind, kind_error) = match enc {
+        Enc::Json => (
+            Message::binary(b"{}".to_vec()),
+            "decode: payload: invalid websocket opcode/encoding combo: {binary, json}",
+        ),
+        Enc::Msgpack => (
+            Message::text("{}"),
+            "decode: payload: invalid websocket opcode/encoding combo: {text, msgpack}",
+        ),
+    };
+    vec![
+        (
+            "a client-only opcode",
+            enc.message(&json!({"op": 2, "d": {}})),
+            "invalid client op :ready",
+            1008,
+        ),
+        (
+            "an undecodable frame",
+            match enc {
+                Enc::Json => Message::text("{"),
+                Enc::Msgpack => Message::binary(vec![0xc1]),
+            },
+            "decode: payload: unrecoverable",
+            1008,
+        ),
+        ("a frame of the wrong kind", wrong_kind, kind_error, 1008),
+        (
+            "a frame over the size limit",
+            enc.message(&json!({"op": 5, "d": "x".repeat(1_048_576)})),
+            "payload too large",
+            1009,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_of_queues_sent_before_a_fatal_frame_come_before_its_op_8() {
+    const QUEUES: usize = 5;
+    let gw = TestGateway::start().await;
+    let mut failures = Vec::new();
+    for enc in Enc::ALL {
+        for (n, (what, fatal, error, code)) in fatal_frames(enc).into_iter().enumerate() {
+            let q = format!("fatal-{}-{n}", enc.name());
+            let mut producer = gw.identify(enc, "producer", &q).await;
+            for i in 0..QUEUES {
+                producer
+                    .dispatch(
+                        "QUEUE",
+                        json!({"queue": q, "target": {"application": "x"}, "nonce": i,
+                               "payload": i}),
+                    )
+                    .await;
+            }
+            producer.send_raw(fatal).await;
+            let closed = producer.closed().await;
+            assert_eq!(
+                closed.code,
+                Some(code),
+                "{enc:?} {what}: {:?}",
+                closed.frames
+            );
+            let last = closed.frames.last().expect("op 8");
+            assert_eq!(
+                (&last["op"], &last["d"]["error"]),
+                (&json!(8), &json!(error))
+            );
+            // Each QUEUE was handled, and so answered, before the fatal frame (SPEC §3.3).
+            let confirms = &closed.frames[..closed.frames.len() - 1];
+            if confirms.len() == QUEUES {
+                for (i, frame) in confirms.iter().enumerate() {
+                    expect_confirm(frame, &q, &json!(i));
+                }
+                assert_eq!(
+                    stats(&gw, &q).await,
+                    counts(&q, [QUEUES as u64, 0, 0, 0, 0])
+                );
+            } else {
+                failures.push(format!(
+                    "{enc:?}, {what}: {} of {QUEUES} confirms before op 8 `{error}`",
+                    confirms.len()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

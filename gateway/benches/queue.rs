@@ -3,9 +3,11 @@
 //!
 //! 1. **publish**: producers pipeline QUEUE frames (a window of unconfirmed frames each) and
 //!    nobody consumes: confirmed messages per second.
-//! 2. **publish + consume**: producers publish at full speed while consumers request, receive
-//!    and ack: confirmed and consumed messages per second, and the end-to-end latency from the
-//!    producer's send to the consumer's receipt.
+//! 2. **drain**: consumers request, receive and ack from the queue scenario 1 filled: consumed
+//!    messages per second.
+//! 3. **latency**: one producer publishes at a fixed rate well below capacity while consumers
+//!    keep up: end-to-end latency from the producer's send to the consumer's receipt (it
+//!    includes the durable commit).
 //!
 //! Each scenario runs `RUNS` times; medians are printed as a markdown table.
 //! Run: `cargo bench -p ganglion-gateway --bench queue` (env `QUEUE_BENCH_SECS`, `QUEUE_BENCH_RUNS`).
@@ -23,6 +25,10 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+
+/// The same allocator as the `ganglion` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -59,12 +65,14 @@ fn frame(message: &Message) -> Option<Value> {
 }
 
 /// Publishes with a window of unconfirmed frames until `stop`; counts confirms.
+/// With `rate`, sends that many messages per second instead of as fast as the window allows.
 async fn produce(
     addr: SocketAddr,
     index: usize,
     start: Instant,
     stop: Arc<AtomicBool>,
     confirmed: Arc<AtomicU64>,
+    rate: Option<u64>,
 ) {
     let ws = identify(addr, "producers", &format!("p{index}")).await;
     let (mut sink, mut stream) = ws.split();
@@ -74,23 +82,30 @@ async fn produce(
         let confirmed = confirmed.clone();
         tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
-                if frame(&message).is_some_and(|f| f["t"] == "QUEUE_CONFIRM") {
+                // A substring test keeps the load generator cheap next to the node it measures.
+                let is_confirm =
+                    matches!(&message, Message::Text(t) if t.contains("\"QUEUE_CONFIRM\""));
+                if is_confirm {
                     confirmed.fetch_add(1, Ordering::Relaxed);
                     window.add_permits(1);
                 }
             }
         })
     };
+    let mut ticks = rate.map(|r| tokio::time::interval(Duration::from_micros(1_000_000 / r)));
     while !stop.load(Ordering::Relaxed) {
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
         let Ok(permit) = window.acquire().await else {
             break;
         };
         permit.forget();
         let sent_us = start.elapsed().as_micros() as u64;
-        let queue = json!({"op": 4, "t": "QUEUE", "d": {
-            "queue": "bench", "target": {"application": "consumers"},
-            "payload": {"sent_us": sent_us, "body": "0123456789abcdef0123456789abcdef"}}});
-        if sink.send(Message::text(queue.to_string())).await.is_err() {
+        let queue = format!(
+            r#"{{"op":4,"t":"QUEUE","d":{{"queue":"bench","target":{{"application":"consumers"}},"payload":{{"sent_us":{sent_us},"body":"0123456789abcdef0123456789abcdef"}}}}}}"#
+        );
+        if sink.send(Message::text(queue)).await.is_err() {
             break;
         }
     }
@@ -135,16 +150,9 @@ async fn consume(
     }
 }
 
-struct Outcome {
-    confirmed_per_sec: f64,
-    consumed_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-async fn run(consumers: usize, secs: u64) -> Outcome {
+async fn start_node(label: &str) -> (Gateway, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
-        "ganglion-queue-bench-{}-{consumers}",
+        "ganglion-queue-bench-{}-{label}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -156,40 +164,84 @@ async fn run(consumers: usize, secs: u64) -> Outcome {
     let gateway = Gateway::start(config, &HashMap::new())
         .await
         .expect("node starts");
+    (gateway, dir)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+}
+
+/// One run of scenarios 1 and 2: (confirmed/s while publishing, consumed/s while draining).
+async fn publish_then_drain(secs: u64) -> (f64, f64) {
+    let (gateway, dir) = start_node("throughput").await;
     let addr = gateway.http_addr();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let confirmed = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for i in 0..consumers {
-        tasks.push(tokio::spawn(consume(
-            addr,
-            i,
-            start,
-            stop.clone(),
-            latencies.clone(),
-        )));
-    }
-    for i in 0..PRODUCERS {
-        tasks.push(tokio::spawn(produce(
-            addr,
-            i,
-            start,
-            stop.clone(),
-            confirmed.clone(),
-        )));
-    }
-    // Warm up, then measure a window of steady state.
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|i| {
+            tokio::spawn(produce(
+                addr,
+                i,
+                start,
+                stop.clone(),
+                confirmed.clone(),
+                None,
+            ))
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (c0, l0, t0) = (
-        confirmed.load(Ordering::Relaxed),
-        latencies.lock().len(),
-        Instant::now(),
-    );
+    let (c0, t0) = (confirmed.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let elapsed = t0.elapsed().as_secs_f64();
-    let c1 = confirmed.load(Ordering::Relaxed);
+    let publish = (confirmed.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in producers {
+        let _ = task.await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|i| tokio::spawn(consume(addr, i, start, stop.clone(), latencies.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (d0, t0) = (latencies.lock().len(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let drain = (latencies.lock().len() - d0) as f64 / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in consumers {
+        let _ = task.await;
+    }
+    gateway.drain().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    (publish, drain)
+}
+
+/// One run of scenario 3: (p50, p99) end-to-end latency in ms at `rate` messages per second.
+async fn latency(secs: u64, rate: u64) -> (f64, f64) {
+    let (gateway, dir) = start_node("latency").await;
+    let addr = gateway.http_addr();
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(consume(addr, i, start, stop.clone(), latencies.clone())))
+        .collect();
+    let confirmed = Arc::new(AtomicU64::new(0));
+    tasks.push(tokio::spawn(produce(
+        addr,
+        0,
+        start,
+        stop.clone(),
+        confirmed,
+        Some(rate),
+    )));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let l0 = latencies.lock().len();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
     let mut window: Vec<u64> = latencies.lock()[l0..].to_vec();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -198,19 +250,7 @@ async fn run(consumers: usize, secs: u64) -> Outcome {
     gateway.drain().await;
     let _ = std::fs::remove_dir_all(&dir);
     window.sort_unstable();
-    let pct = |p: f64| {
-        if window.is_empty() {
-            0.0
-        } else {
-            window[((window.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-        }
-    };
-    Outcome {
-        confirmed_per_sec: (c1 - c0) as f64 / elapsed,
-        consumed_per_sec: window.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-    }
+    (percentile(&window, 0.50), percentile(&window, 0.99))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -221,23 +261,33 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn main() {
     let secs = env_or("QUEUE_BENCH_SECS", 5);
     let runs = env_or("QUEUE_BENCH_RUNS", 5) as usize;
+    let rate = env_or("QUEUE_BENCH_RATE", 2_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    println!("| scenario | confirmed msg/s | consumed msg/s | e2e p50 ms | e2e p99 ms |");
-    println!("|---|---|---|---|---|");
-    for (name, consumers) in [("publish only", 0), ("publish + consume", CONSUMERS)] {
-        let outcomes: Vec<Outcome> = (0..runs)
-            .map(|_| runtime.block_on(run(consumers, secs)))
-            .collect();
-        let m = |f: fn(&Outcome) -> f64| median(outcomes.iter().map(f).collect());
-        println!(
-            "| {name} ({PRODUCERS} producers × window {WINDOW}, {consumers} consumers) | {:.0} | {:.0} | {:.2} | {:.2} |",
-            m(|o| o.confirmed_per_sec),
-            m(|o| o.consumed_per_sec),
-            m(|o| o.p50_ms),
-            m(|o| o.p99_ms),
-        );
-    }
+    let throughput: Vec<(f64, f64)> = (0..runs)
+        .map(|_| runtime.block_on(publish_then_drain(secs)))
+        .collect();
+    let latency: Vec<(f64, f64)> = (0..runs)
+        .map(|_| runtime.block_on(latency(secs, rate)))
+        .collect();
+    println!(
+        "Medians of {runs} runs of {secs} s each (durable redb store, fsync per group commit).\n"
+    );
+    println!("| scenario | result |");
+    println!("|---|---|");
+    println!(
+        "| publish: {PRODUCERS} producers × {WINDOW} unconfirmed | {:.0} confirmed msg/s |",
+        median(throughput.iter().map(|t| t.0).collect())
+    );
+    println!(
+        "| drain: {CONSUMERS} consumers, request → ack | {:.0} consumed msg/s |",
+        median(throughput.iter().map(|t| t.1).collect())
+    );
+    println!(
+        "| latency at {rate} msg/s, 4 consumers | p50 {:.2} ms, p99 {:.2} ms |",
+        median(latency.iter().map(|l| l.0).collect()),
+        median(latency.iter().map(|l| l.1).collect())
+    );
 }

@@ -37,14 +37,13 @@ async fn produce(node: std::net::SocketAddr, index: usize, ledger: Arc<Mutex<Led
     let mut outstanding = 0;
     for n in 0.. {
         let nonce = format!("p{index}-{n}");
+        // Recorded before the write: a frame cut off by the kill may still have been stored.
         ledger.lock().sent.insert(nonce.clone());
-        client
-            .dispatch(
-                "QUEUE",
-                json!({"queue": QUEUE, "target": {"application": "workers"},
-                       "nonce": nonce, "payload": {"n": n}}),
-            )
-            .await;
+        let queue = json!({"queue": QUEUE, "target": {"application": "workers"},
+                           "nonce": nonce, "payload": {"n": n}});
+        if !client.dispatch("QUEUE", queue).await {
+            return;
+        }
         outstanding += 1;
         while outstanding >= WINDOW {
             let Some(frame) = client.recv().await else {
@@ -71,9 +70,12 @@ async fn consume(
 ) {
     let mut client = Client::identify(node, "workers", &format!("w{index}")).await;
     loop {
-        client
+        if !client
             .dispatch("QUEUE_REQUEST", json!({"queue": QUEUE}))
-            .await;
+            .await
+        {
+            return;
+        }
         let frame = loop {
             match tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
                 Ok(frame) => break frame,
@@ -91,9 +93,12 @@ async fn consume(
         let id = frame["d"]["payload"]["id"].as_str().unwrap().to_owned();
         let nonce = frame["d"]["nonce"].as_str().unwrap().to_owned();
         ledger.lock().delivered.push((id.clone(), nonce));
-        client
+        if !client
             .dispatch("QUEUE_ACK", json!({"queue": QUEUE, "id": id}))
-            .await;
+            .await
+        {
+            return;
+        }
     }
 }
 

@@ -2201,7 +2201,20 @@ async fn path_and_query_parameters_that_cannot_be_read_still_get_json_answers() 
             "{path}"
         );
     }
-    // Other query parameters are ignored.
+    // A queue nobody has used is unknown (SPEC §9.9); once a consumer waits on it, it is known
+    // and other query parameters are ignored.
+    assert_eq!(
+        call(&gw, Method::GET, "/api/v1/queues/jobs/dead", &[]).await,
+        (
+            StatusCode::NOT_FOUND,
+            json!({"code": 404, "error": "unknown message id"})
+        )
+    );
+    let mut consumer = gw.identify(Enc::Json, "workers", "w-params").await;
+    consumer
+        .dispatch("QUEUE_REQUEST", json!({"queue": "jobs"}))
+        .await;
+    consumer.expect_nothing().await;
     assert_eq!(
         get_ok(&gw, "/api/v1/queues/jobs/dead?limit=5&other=x&other=y").await,
         json!({"queue": "jobs", "messages": []})
@@ -2211,6 +2224,18 @@ async fn path_and_query_parameters_that_cannot_be_read_still_get_json_answers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_endpoints_require_the_password_when_one_is_set() {
     let gw = TestGateway::start_with(|c| c.auth.password = Some("pw".to_owned())).await;
+    // A waiting consumer makes the queue known, so past the check every route answers for
+    // itself (an unknown queue would be a 404 everywhere).
+    let mut consumer = gw
+        .identify_with(
+            Enc::Json,
+            json!({"application_id": "workers", "client_id": "w", "auth": "pw"}),
+        )
+        .await;
+    consumer
+        .dispatch("QUEUE_REQUEST", json!({"queue": "jobs"}))
+        .await;
+    consumer.expect_nothing().await;
     let mut routes = queue_routes("jobs");
     routes.push((Method::GET, "/api/v1/queues".to_owned()));
     let unauthorized = json!({"status": "error", "error": "not authorized"});

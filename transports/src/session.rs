@@ -194,6 +194,12 @@ async fn read_loop<R, S>(
         }
     };
 
+    // Answers to pipelined frames before the end are owed first: a QUEUE confirmed by the store
+    // is confirmed to its producer before the op 8 or goodbye (SPEC §3.3). Bounded, so a stalled
+    // store cannot hold a closing connection.
+    if let (Some(completion), End::Fatal(_) | End::Goodbye(_)) = (pending.take(), &end) {
+        let _ = timeout(config.close_timeout, completion).await;
+    }
     // Cleanup comes first, so a client that reconnects at once is not a duplicate (§4.8).
     router.cleanup(&conn);
     match &end {

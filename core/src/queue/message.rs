@@ -40,6 +40,9 @@ pub struct StoredMessage {
     pub enqueued_at: u64,
     /// FIFO position: lower is older. Re-queueing gives a new, higher position.
     pub seq: u64,
+    /// The store's key for this message: given at creation, never changed, and increasing, so
+    /// new records are appended to the store instead of scattered through it.
+    pub record: u64,
     pub deliveries: u32,
     pub last_consumer: Option<ConsumerIdentity>,
     #[serde(flatten)]

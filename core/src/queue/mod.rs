@@ -26,7 +26,7 @@ use crate::session::ConnId;
 use crate::value::Value;
 
 pub use message::{ConsumerIdentity, MessageState, StoredMessage};
-pub use store::{MemoryStore, QueueStore, StoreError, StoreOp};
+pub use store::{MemoryStore, Prepared, QueueStore, StoreError, StoreOp};
 
 /// The queue timing knobs (SPEC §8.7, `queue.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +164,8 @@ pub struct Queues {
     queues: BTreeMap<String, Queue>,
     /// The next FIFO position; positions only grow, so "back of the FIFO" is the next one.
     next_seq: u64,
+    /// The next record key (`StoredMessage::record`).
+    next_record: u64,
     /// The queues each connection waits on, in request order (client objects' `queues`).
     waiting_by_conn: HashMap<ConnId, Vec<String>>,
 }
@@ -197,6 +199,7 @@ impl Queues {
                 continue;
             };
             self.next_seq = self.next_seq.max(msg.seq + 1);
+            self.next_record = self.next_record.max(msg.record + 1);
             let queue = self.queues.entry(msg.queue.clone()).or_default();
             queue.index(&msg);
             queue.entries.insert(
@@ -216,6 +219,8 @@ impl Queues {
     pub fn prepare(&mut self, new: NewMessage, id: String, now: u64) -> StoredMessage {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let record = self.next_record;
+        self.next_record += 1;
         let NewMessage {
             queue,
             nonce,
@@ -231,6 +236,7 @@ impl Queues {
             payload,
             enqueued_at: now,
             seq,
+            record,
             deliveries: 0,
             last_consumer: None,
             state: MessageState::Ready,
@@ -307,8 +313,7 @@ impl Queues {
         let entry = q.remove(id).ok_or(UnknownMessage)?;
         self.drop_if_idle(queue);
         Ok(StoreOp::Delete {
-            queue: entry.msg.queue,
-            id: entry.msg.id,
+            record: entry.msg.record,
         })
     }
 
@@ -553,8 +558,7 @@ impl Queues {
             .iter()
             .filter_map(|id| q.remove(id))
             .map(|e| StoreOp::Delete {
-                queue: e.msg.queue,
-                id: e.msg.id,
+                record: e.msg.record,
             })
             .collect();
         self.drop_if_idle(name);

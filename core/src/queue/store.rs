@@ -12,8 +12,8 @@ use super::message::StoredMessage;
 pub enum StoreOp {
     /// Insert or replace the record of a message.
     Put(Box<StoredMessage>),
-    /// Remove a message for good (acked, or deleted over HTTP).
-    Delete { queue: String, id: String },
+    /// Remove a message for good (acked, or deleted over HTTP), by its record key.
+    Delete { record: u64 },
 }
 
 /// The store failed; the operation may or may not have been applied.
@@ -21,19 +21,35 @@ pub enum StoreOp {
 #[error("queue store: {0}")]
 pub struct StoreError(pub String);
 
+/// A change on its way to the store, with the record it writes encoded in advance (by
+/// [`QueueStore::encode`], on the thread that made the change, so the single writer thread
+/// only writes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub op: StoreOp,
+    /// The encoded record of a `Put`, for stores that write bytes.
+    pub record: Option<Vec<u8>>,
+}
+
 /// Persistent storage for queue messages. Calls block; the journal runs them on its own thread.
 pub trait QueueStore: Send + Sync + 'static {
     /// Every stored message, in any order.
     fn load(&self) -> Result<Vec<StoredMessage>, StoreError>;
 
+    /// The bytes a `Put` of `msg` will write, if this store writes bytes. Called before the
+    /// change reaches the writer thread.
+    fn encode(&self, _msg: &StoredMessage) -> Option<Vec<u8>> {
+        None
+    }
+
     /// Applies `ops` atomically, in order, and returns only once they are on stable storage.
-    fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError>;
+    fn commit(&self, ops: &[Prepared]) -> Result<(), StoreError>;
 }
 
 /// Keeps messages in memory: durable only as long as the process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    messages: Mutex<BTreeMap<(String, String), StoredMessage>>,
+    messages: Mutex<BTreeMap<u64, StoredMessage>>,
 }
 
 impl QueueStore for MemoryStore {
@@ -41,15 +57,15 @@ impl QueueStore for MemoryStore {
         Ok(self.messages.lock().values().cloned().collect())
     }
 
-    fn commit(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+    fn commit(&self, ops: &[Prepared]) -> Result<(), StoreError> {
         let mut messages = self.messages.lock();
-        for op in ops {
+        for Prepared { op, .. } in ops {
             match op {
                 StoreOp::Put(msg) => {
-                    messages.insert((msg.queue.clone(), msg.id.clone()), (**msg).clone());
+                    messages.insert(msg.record, (**msg).clone());
                 }
-                StoreOp::Delete { queue, id } => {
-                    messages.remove(&(queue.clone(), id.clone()));
+                StoreOp::Delete { record } => {
+                    messages.remove(record);
                 }
             }
         }

@@ -267,10 +267,7 @@ fn only_the_last_consumer_can_ack() {
     assert_eq!(queues.ack("other-queue", &id, &me), Err(UnknownMessage));
     assert_eq!(
         queues.ack("jobs", &id, &me),
-        Ok(StoreOp::Delete {
-            queue: "jobs".into(),
-            id: id.clone()
-        })
+        Ok(StoreOp::Delete { record: 0 })
     );
     assert_eq!(
         queues.ack("jobs", &id, &me),

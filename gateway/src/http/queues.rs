@@ -226,6 +226,11 @@ async fn parked(
             );
         }
     };
+    // SPEC §9.9: an unknown queue is a 404. A queue is known while it holds messages in any
+    // state or has consumers waiting.
+    if state.router.queues().stats_of(&queue).is_none() {
+        return unknown_message();
+    }
     let messages: Vec<_> = state
         .router
         .queues()
@@ -248,7 +253,7 @@ async fn replay(State(state): State<AppState>, params: RawParams, uri: Uri) -> R
     let ids = id.map(|id| vec![id]);
     match state.router.queues().replay(&queue, ids.as_deref()) {
         Some(replayed) => json_response(StatusCode::OK, &json!({ "replayed": replayed })),
-        None if ids.is_none() => json_response(StatusCode::OK, &json!({ "replayed": [] })),
+        // An unknown queue, or an id that is unknown or not parked (SPEC §9.9).
         None => unknown_message(),
     }
 }
@@ -263,7 +268,6 @@ async fn remove(State(state): State<AppState>, params: RawParams, uri: Uri) -> R
     let ids = id.map(|id| vec![id]);
     match state.router.queues().delete_parked(&queue, ids.as_deref()) {
         Some(deleted) => json_response(StatusCode::OK, &json!({ "deleted": deleted })),
-        None if ids.is_none() => json_response(StatusCode::OK, &json!({ "deleted": [] })),
         None => unknown_message(),
     }
 }

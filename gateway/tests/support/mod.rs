@@ -115,10 +115,12 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: &Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .expect("send");
+        assert!(self.try_send(frame).await, "send");
+    }
+
+    /// Sends a frame; `false` when the connection is gone (a killed node, say).
+    pub async fn try_send(&mut self, frame: &Value) -> bool {
+        self.ws.send(Message::text(frame.to_string())).await.is_ok()
     }
 
     /// The next frame, or `None` when the connection ended.
@@ -142,8 +144,9 @@ impl Client {
         }
     }
 
-    pub async fn dispatch(&mut self, t: &str, d: Value) {
-        self.send(&json!({"op": 4, "t": t, "d": d})).await;
+    /// Sends an op 4; `false` when the connection is gone.
+    pub async fn dispatch(&mut self, t: &str, d: Value) -> bool {
+        self.try_send(&json!({"op": 4, "t": t, "d": d})).await
     }
 }
 

@@ -10,7 +10,9 @@
 //!    includes the durable commit).
 //!
 //! Each scenario runs `RUNS` times; medians are printed as a markdown table.
-//! Run: `cargo bench -p ganglion-gateway --bench queue` (env `QUEUE_BENCH_SECS`, `QUEUE_BENCH_RUNS`).
+//! Run: `cargo bench -p ganglion-gateway --bench queue` (env `QUEUE_BENCH_SECS`,
+//! `QUEUE_BENCH_RUNS`, `QUEUE_BENCH_RATE`, and `QUEUE_BENCH_STORE=memory` to measure without
+//! the durable store for comparison).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -161,6 +163,9 @@ async fn start_node(label: &str) -> (Gateway, std::path::PathBuf) {
         ..Config::default()
     };
     config.queue.data_dir = dir.clone();
+    if std::env::var("QUEUE_BENCH_STORE").as_deref() == Ok("memory") {
+        config.queue.store = ganglion_gateway::config::StoreKind::Memory;
+    }
     let gateway = Gateway::start(config, &HashMap::new())
         .await
         .expect("node starts");

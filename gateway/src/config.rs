@@ -28,6 +28,9 @@ pub const ENV_PREFIX: &str = "GANGLION_";
 /// Settings whose values are always text, even when they look like numbers (`AUTH=1234`).
 const STRING_KEYS: &[&str] = &[
     "listen",
+    "tcp.listen",
+    "tls.cert",
+    "tls.key",
     "queue.data_dir",
     "auth.password",
     "node.id",
@@ -42,12 +45,16 @@ const STRING_KEYS: &[&str] = &[
 pub struct Config {
     /// HTTP + websocket listener.
     pub listen: String,
+    /// TLS for the HTTP/websocket listener (and the TCP listener when `tcp.tls`).
+    pub tls: TlsSection,
+    pub tcp: TcpSection,
     pub ws: WsConfig,
     pub auth: AuthConfig,
     pub gateway: GatewayConfig,
     pub metadata: MetadataConfig,
     pub query: QueryConfig,
     pub queue: QueueSection,
+    pub proxy: ProxySection,
     pub http: HttpConfig,
     pub node: NodeConfig,
     pub log: LogConfig,
@@ -73,6 +80,34 @@ pub enum StoreKind {
     #[default]
     Redb,
     Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain; TLS is on when both `cert` and `key` are set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpSection {
+    /// Raw TCP listener (SPEC §2.2); empty turns it off.
+    pub listen: String,
+    /// TLS on the TCP listener, with `tls.cert` / `tls.key`.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySection {
+    pub connect_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    /// CIDRs proxy targets must lie in; empty allows every address except link-local and
+    /// cloud-metadata ranges (SPEC §9.7).
+    pub allowed_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -152,12 +187,15 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "[::]:4000".to_owned(),
+            tls: TlsSection::default(),
+            tcp: TcpSection::default(),
             ws: WsConfig::default(),
             auth: AuthConfig::default(),
             gateway: GatewayConfig::default(),
             metadata: MetadataConfig::default(),
             query: QueryConfig::default(),
             queue: QueueSection::default(),
+            proxy: ProxySection::default(),
             http: HttpConfig::default(),
             node: NodeConfig::default(),
             log: LogConfig::default(),
@@ -200,6 +238,25 @@ impl Default for MetadataConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig { max_depth: 32 }
+    }
+}
+
+impl Default for TcpSection {
+    fn default() -> Self {
+        TcpSection {
+            listen: "[::]:4001".to_owned(),
+            tls: false,
+        }
+    }
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            connect_timeout_ms: 5_000,
+            total_timeout_ms: 30_000,
+            allowed_cidrs: Vec::new(),
+        }
     }
 }
 

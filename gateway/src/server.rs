@@ -11,7 +11,7 @@ use axum::serve::ListenerExt;
 use ganglion_core::auth::Auth;
 use ganglion_core::queue::{MemoryStore, QueueStore, StoreError};
 use ganglion_core::{Router, RouterConfig};
-use ganglion_transports::SessionContext;
+use ganglion_transports::{SessionContext, tcp};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, StoreKind};
 use crate::http::{AppState, Health, app};
 use crate::queue_store::{OpenError, RedbStore};
-use crate::service::session_stack;
+use crate::service::{SessionStack, session_stack};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,9 @@ pub enum StartError {
 /// A running node.
 pub struct Gateway {
     http_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    /// Accepts raw TCP connections until the node drains.
+    tcp_acceptor: Option<JoinHandle<()>>,
     router: Arc<Router>,
     health: Arc<Health>,
     /// Cancelled to drain: every session says goodbye.
@@ -88,10 +91,16 @@ impl Gateway {
             store,
         )?);
         let listener = bind(&config.listen)?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: parse_addr(&config.listen).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            source,
-        })?;
+        let http_addr = local_addr(&listener, &config.listen)?;
+        // The raw TCP transport (SPEC §2.2); an empty `tcp.listen` turns it off.
+        let tcp_listener = match config.tcp.listen.trim() {
+            "" => None,
+            addr => Some(bind(addr)?),
+        };
+        let tcp_addr = match &tcp_listener {
+            Some(listener) => Some(local_addr(listener, &config.tcp.listen)?),
+            None => None,
+        };
 
         let health = Arc::new(Health::default());
         let sessions_shutdown = CancellationToken::new();
@@ -103,14 +112,17 @@ impl Gateway {
             Duration::from_millis(config.queue.sweep_interval_ms),
             http_shutdown.clone(),
         );
+        let session = SessionContext {
+            router: router.clone(),
+            service: session_stack(router.clone()),
+            config: Arc::new(config.session()),
+            shutdown: sessions_shutdown.clone(),
+        };
+        let tcp_acceptor = tcp_listener
+            .map(|listener| spawn_tcp_acceptor(listener, session.clone(), sessions.clone()));
         let state = AppState {
             router: router.clone(),
-            session: SessionContext {
-                router: router.clone(),
-                service: session_stack(router.clone()),
-                config: Arc::new(config.session()),
-                shutdown: sessions_shutdown.clone(),
-            },
+            session,
             config: Arc::new(config),
             health: health.clone(),
             sessions: sessions.clone(),
@@ -127,9 +139,16 @@ impl Gateway {
                 .await
         });
         health.set_ready();
-        tracing::info!(%http_addr, node = %node_id, "ganglion is listening");
+        match tcp_addr {
+            Some(tcp_addr) => {
+                tracing::info!(%http_addr, %tcp_addr, node = %node_id, "ganglion is listening")
+            }
+            None => tracing::info!(%http_addr, node = %node_id, "ganglion is listening"),
+        }
         Ok(Gateway {
             http_addr,
+            tcp_addr,
+            tcp_acceptor,
             router,
             health,
             sessions_shutdown,
@@ -146,16 +165,25 @@ impl Gateway {
         self.http_addr
     }
 
+    /// The bound raw TCP address, when the TCP transport is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
     /// Drains the node (SPEC §10.8): readiness turns 503, new websockets are refused, every
     /// client gets op 7 `draining` and close 1001, then the HTTP server stops.
-    pub async fn drain(self) {
+    pub async fn drain(mut self) {
         tracing::info!("draining: saying goodbye to every client");
         self.health.set_draining();
+        // No new TCP sessions from here on; the websocket handshake answers 503.
         self.sessions_shutdown.cancel();
+        if let Some(acceptor) = self.tcp_acceptor.take() {
+            let _ = acceptor.await;
+        }
         self.sessions.close();
         // Each session flushes its goodbye and waits at most `close_timeout` for the peer.
         let bound = self.close_timeout * 2 + Duration::from_secs(1);
@@ -193,6 +221,40 @@ fn spawn_sweeper(
                 _ = tick.tick() => router.queues().sweep(),
             }
         }
+    })
+}
+
+/// Accepts raw TCP connections until the node starts draining; each one becomes a session.
+fn spawn_tcp_acceptor(
+    listener: TcpListener,
+    ctx: SessionContext<SessionStack>,
+    sessions: TaskTracker,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let accepted = tokio::time::Instant::now();
+                        sessions.spawn(tcp::serve(stream, peer.ip(), accepted, ctx.clone()));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, usually: back off instead of spinning.
+                        tracing::warn!(%error, "cannot accept a TCP connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    })
+}
+
+fn local_addr(listener: &TcpListener, configured: &str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr: parse_addr(configured).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
     })
 }
 

@@ -9,6 +9,12 @@
 //! nothing arrived, [`Client::sync`] uses the protocol's ordering: a heartbeat's ack comes after
 //! every frame queued before it.
 
+pub mod any;
+pub mod tcp;
+
+pub use any::{AnyClient, Kind};
+pub use tcp::TcpClient;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,6 +57,8 @@ pub fn init_logs() {
 pub struct TestGateway {
     gateway: Option<Gateway>,
     pub addr: SocketAddr,
+    /// The raw TCP listener (on by default in tests, on an ephemeral port).
+    pub tcp_addr: Option<SocketAddr>,
     pub data_dir: std::path::PathBuf,
 }
 
@@ -88,6 +96,7 @@ impl TestGateway {
         };
         config.node.id = Some("test-node".to_owned());
         config.queue.data_dir = temp_dir("node");
+        config.tcp.listen = "127.0.0.1:0".to_owned();
         adjust(&mut config);
         let data_dir = config.queue.data_dir.clone();
         let gateway = Gateway::start(config, &HashMap::new())
@@ -95,6 +104,7 @@ impl TestGateway {
             .expect("the test node starts");
         TestGateway {
             addr: gateway.http_addr(),
+            tcp_addr: gateway.tcp_addr(),
             gateway: Some(gateway),
             data_dir,
         }

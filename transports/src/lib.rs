@@ -4,10 +4,12 @@
 //! - [`mailbox`]: the per-connection outbound queue, byte-bounded, with write coalescing and
 //!   slow-consumer detection (SPEC §4.9);
 //! - [`session`]: the generic session loop: decode, gate, deadlines, closing sequences;
-//! - [`websocket`]: the websocket adapter (SPEC §2.1).
+//! - [`websocket`]: the websocket adapter (SPEC §2.1);
+//! - [`tcp`]: the raw TCP framing (SPEC §2.2).
 
 pub mod mailbox;
 pub mod session;
+pub mod tcp;
 pub mod websocket;
 
 pub use mailbox::{Close, Mailbox};

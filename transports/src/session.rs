@@ -91,11 +91,13 @@ pub struct SessionContext<S> {
 }
 
 /// Runs one connection to its end: the reader side (this future) and the writer task.
+/// `accepted` is when the connection was accepted; the identify deadline counts from then.
 pub async fn run<R, W, S>(
     conn: Arc<Conn>,
     mailbox: Arc<Mailbox>,
     inbound: R,
     outbound: W,
+    accepted: Instant,
     ctx: SessionContext<S>,
 ) where
     R: Stream<Item = WireIn> + Unpin + Send,
@@ -105,7 +107,7 @@ pub async fn run<R, W, S>(
 {
     let writer = tokio::spawn(write_loop(mailbox.clone(), outbound));
     let close_timeout = ctx.config.close_timeout;
-    read_loop(conn, mailbox, inbound, ctx).await;
+    read_loop(conn, mailbox, inbound, accepted, ctx).await;
     // The writer ends after the final frame and close, or when the connection breaks; a peer
     // that stopped reading must not hold the task forever.
     let abort = writer.abort_handle();
@@ -118,6 +120,7 @@ async fn read_loop<R, S>(
     conn: Arc<Conn>,
     mailbox: Arc<Mailbox>,
     mut inbound: R,
+    accepted: Instant,
     ctx: SessionContext<S>,
 ) where
     R: Stream<Item = WireIn> + Unpin,
@@ -134,7 +137,7 @@ async fn read_loop<R, S>(
     // The completion of the last pipelined frame, and how many are outstanding.
     let mut pending = None;
     let mut pipelined = 0;
-    let deadline = sleep_until(Instant::now() + config.identify_timeout);
+    let deadline = sleep_until(accepted + config.identify_timeout);
     tokio::pin!(deadline);
 
     let end = loop {

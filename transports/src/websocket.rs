@@ -72,9 +72,16 @@ where
         }))
     });
     let inbound = stream.filter_map(move |item| future::ready(wire_in(item, text)));
-    session::run(conn, mailbox, inbound, Box::pin(outbound), ctx)
-        .instrument(span)
-        .await;
+    session::run(
+        conn,
+        mailbox,
+        inbound,
+        Box::pin(outbound),
+        tokio::time::Instant::now(),
+        ctx,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Maps one websocket read to what the session loop understands. Pings are answered by

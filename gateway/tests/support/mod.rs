@@ -39,6 +39,8 @@ impl Node {
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
+                "--set",
+                "tcp.listen=127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)

@@ -4,14 +4,17 @@
 //!
 //! - [`config`]: layered configuration (defaults < file < environment < flags);
 //! - [`http`]: routes of SPEC §9;
+//! - [`proxy`]: the proxy's upstream client, SSRF guard and header hygiene (SPEC §9.7);
 //! - [`service`]: the tower stack every session runs;
 //! - [`server`]: binding, serving, draining.
 
 pub mod config;
 pub mod http;
+pub mod proxy;
 pub mod queue_store;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use server::{Gateway, StartError};

@@ -21,12 +21,15 @@ use crate::config::{Config, StoreKind};
 use crate::http::{AppState, Health, app};
 use crate::queue_store::{OpenError, RedbStore};
 use crate::service::{SessionStack, session_stack};
+use crate::tls::{TlsError, TlsListener};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot recover the queues: {0}")]
     Queues(#[from] StoreError),
     #[error(
@@ -90,6 +93,24 @@ impl Gateway {
             ),
             store,
         )?);
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key, &[b"http/1.1"])?),
+            (None, None) => None,
+            _ => return Err(TlsError::Incomplete.into()),
+        };
+        let tcp_tls = match (&tls, config.tcp.tls) {
+            (_, false) => None,
+            (Some(_), true) => {
+                let (cert, key) = (config.tls.cert.as_ref(), config.tls.key.as_ref());
+                match (cert, key) {
+                    (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(
+                        crate::tls::server_config(cert, key, &[])?,
+                    )),
+                    _ => None,
+                }
+            }
+            (None, true) => return Err(TlsError::TcpWithoutCertificate.into()),
+        };
         let listener = bind(&config.listen)?;
         let http_addr = local_addr(&listener, &config.listen)?;
         // The raw TCP transport (SPEC §2.2); an empty `tcp.listen` turns it off.
@@ -118,8 +139,10 @@ impl Gateway {
             config: Arc::new(config.session()),
             shutdown: sessions_shutdown.clone(),
         };
-        let tcp_acceptor = tcp_listener
-            .map(|listener| spawn_tcp_acceptor(listener, session.clone(), sessions.clone()));
+        let tcp_acceptor = tcp_listener.map(|listener| {
+            spawn_tcp_acceptor(listener, tcp_tls, session.clone(), sessions.clone())
+        });
+        let handshake_timeout = session.config.identify_timeout;
         let state = AppState {
             router: router.clone(),
             session,
@@ -127,17 +150,40 @@ impl Gateway {
             health: health.clone(),
             sessions: sessions.clone(),
         };
-        let listener = listener.tap_io(|tcp| {
-            // Frames are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
         let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
         let stop = http_shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        let server = match tls {
+            None => {
+                let listener = listener.tap_io(|tcp| {
+                    // Frames are small and latency matters more than packet count.
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(async move {
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                })
+            }
+            Some(tls) => {
+                let listener = TlsListener::new(
+                    listener,
+                    tokio_rustls::TlsAcceptor::from(tls),
+                    handshake_timeout,
+                    http_shutdown.clone(),
+                )
+                .map_err(|source| StartError::Bind {
+                    addr: http_addr,
+                    source,
+                })?
+                // A no-op tap gives the TLS listener the same `ConnectInfo<SocketAddr>`.
+                .tap_io(|_| {});
+                tokio::spawn(async move {
+                    axum::serve(listener, service)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                })
+            }
+        };
         health.set_ready();
         match tcp_addr {
             Some(tcp_addr) => {
@@ -227,6 +273,7 @@ fn spawn_sweeper(
 /// Accepts raw TCP connections until the node starts draining; each one becomes a session.
 fn spawn_tcp_acceptor(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: SessionContext<SessionStack>,
     sessions: TaskTracker,
 ) -> JoinHandle<()> {
@@ -238,7 +285,24 @@ fn spawn_tcp_acceptor(
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let accepted = tokio::time::Instant::now();
-                        sessions.spawn(tcp::serve(stream, peer.ip(), accepted, ctx.clone()));
+                        let ctx = ctx.clone();
+                        match tls.clone() {
+                            None => {
+                                sessions.spawn(tcp::serve(stream, peer.ip(), accepted, ctx));
+                            }
+                            // The handshake shares the identify deadline (SPEC §2.2: the
+                            // preamble is sent inside TLS).
+                            Some(acceptor) => {
+                                sessions.spawn(async move {
+                                    let timeout = ctx.config.identify_timeout;
+                                    let handshaken =
+                                        crate::tls::handshake(&acceptor, stream, timeout).await;
+                                    if let Some(tls) = handshaken {
+                                        tcp::serve(tls, peer.ip(), accepted, ctx).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(error) => {
                         // Out of file descriptors, usually: back off instead of spinning.

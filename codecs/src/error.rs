@@ -22,7 +22,8 @@ pub struct DecodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EncodeError {
-    /// The encoding has no codec yet (ETF, until SPEC §2.7 is implemented).
+    /// The encoding has no codec in this build. Every encoding of SPEC §2 has one today; the
+    /// variant stays so that callers handle an encoding that is specified before it is built.
     #[error("the {0} encoding is not supported yet")]
     Unsupported(Encoding),
 }

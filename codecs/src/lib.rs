@@ -3,20 +3,21 @@
 //!
 //! - `json`: [`Json`], text frames parsed with serde_json and written by hand (SPEC §2.5);
 //! - `msgpack`: [`Msgpack`], binary frames parsed and written by hand (SPEC §2.6);
+//! - `etf`: [`Etf`], binary Erlang External Term Format frames parsed and written by hand
+//!   (SPEC §2.7);
 //! - `error`: [`DecodeError`] (the `extra_info` of op 8 `decode: payload: unrecoverable`) and
 //!   [`EncodeError`].
 //!
 //! Transports pick a codec once, when a connection negotiates its encoding, with [`codec`]; from
 //! then on decoding can fail (the client sent garbage) but encoding cannot: every [`Out`] tree is
-//! representable in every encoding. The free functions [`decode`] and [`encode`] are the same
-//! operations keyed by [`Encoding`], for callers that do not keep a codec around.
+//! representable in every encoding. The free functions [`decode`], [`decode_limited`] and
+//! [`encode`] are the same operations keyed by [`Encoding`], for callers that do not keep a codec
+//! around.
 //!
-//! **ETF seam.** SPEC §2.7 is not implemented yet. Until it is, [`codec`] and [`encode`] answer
-//! [`EncodeError::Unsupported`] for [`Encoding::Etf`] and [`decode`] refuses every ETF frame.
-//! It will land as `etf.rs` with a unit struct `Etf` implementing [`Codec`], plus one match arm
-//! in each of [`codec`], [`decode`] and [`encode`]. ETF is the one encoding that reads the
-//! difference between [`Out::Map`] (atom keys) and [`Out::BinMap`] / [`Out::Value`] (binary
-//! keys); JSON and MessagePack write all three the same way.
+//! ETF is the one encoding that reads the difference between [`Out::Map`] (atom keys) and
+//! [`Out::BinMap`] / [`Out::Value`] (binary keys); JSON and MessagePack write all three the same
+//! way. It is also the one whose frames can expand (compressed terms), which is why decoding
+//! can be given the connection's frame size limit ([`decode_limited`]).
 //!
 //! [`Out`]: ganglion_core::Out
 //! [`Out::Map`]: ganglion_core::Out::Map
@@ -24,6 +25,7 @@
 //! [`Out::Value`]: ganglion_core::Out::Value
 
 mod error;
+mod etf;
 mod json;
 mod msgpack;
 
@@ -32,6 +34,7 @@ use ganglion_core::value::MAX_DECODE_DEPTH;
 use ganglion_core::{Encoding, OutFrame, Outgoing, Value};
 
 pub use error::{DecodeError, EncodeError};
+pub use etf::Etf;
 pub use json::Json;
 pub use msgpack::Msgpack;
 
@@ -72,6 +75,15 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
     /// else, trailing bytes included, is a [`DecodeError`].
     fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError>;
 
+    /// [`Codec::decode`] under the connection's frame size limit (`gateway.max_frame_bytes`),
+    /// which an ETF compressed term's inflated size counts against (SPEC §2.7). Without it,
+    /// ETF applies the limit's default ([`Etf::DEFAULT_MAX_INFLATED_BYTES`]). The other
+    /// encodings have nothing that expands: the transport's own check on the frame suffices.
+    fn decode_limited(&self, bytes: &[u8], max_frame_bytes: usize) -> Result<Value, DecodeError> {
+        let _ = max_frame_bytes;
+        self.decode(bytes)
+    }
+
     /// Encodes one outbound frame: `op`, `d`, `t` and `ts` always, `trace` when present.
     fn encode(&self, frame: &OutFrame) -> Bytes;
 
@@ -81,14 +93,14 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// The codec for `encoding`, or [`EncodeError::Unsupported`] for an encoding that has none yet
-/// (ETF). Call it when a connection opens, so an unsupported encoding is refused up front rather
-/// than on the first frame.
+/// The codec for `encoding`. Every encoding has one; the `Result` leaves room for an encoding
+/// that a build may not serve ([`EncodeError::Unsupported`]). Call it when a connection opens,
+/// so such an encoding would be refused up front rather than on the first frame.
 pub fn codec(encoding: Encoding) -> Result<&'static dyn Codec, EncodeError> {
     match encoding {
         Encoding::Json => Ok(&Json),
         Encoding::Msgpack => Ok(&Msgpack),
-        Encoding::Etf => Err(EncodeError::Unsupported(encoding)),
+        Encoding::Etf => Ok(&Etf),
     }
 }
 
@@ -97,17 +109,30 @@ pub fn decode(encoding: Encoding, bytes: &[u8]) -> Result<Value, DecodeError> {
     match encoding {
         Encoding::Json => json::decode(bytes),
         Encoding::Msgpack => msgpack::decode(bytes),
-        Encoding::Etf => Err(DecodeError::new("the etf encoding is not supported yet")),
+        Encoding::Etf => etf::decode(bytes, Etf::DEFAULT_MAX_INFLATED_BYTES),
     }
 }
 
-/// Encodes one outbound frame in `encoding` (see [`Codec::encode`]). Fails only with
-/// [`EncodeError::Unsupported`], for ETF until it lands.
+/// Decodes one complete inbound frame in `encoding` under the connection's frame size limit
+/// (see [`Codec::decode_limited`]).
+pub fn decode_limited(
+    encoding: Encoding,
+    bytes: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Value, DecodeError> {
+    match encoding {
+        Encoding::Etf => etf::decode(bytes, max_frame_bytes),
+        Encoding::Json | Encoding::Msgpack => decode(encoding, bytes),
+    }
+}
+
+/// Encodes one outbound frame in `encoding` (see [`Codec::encode`]). Never fails today; see
+/// [`codec`] for why it returns a `Result`.
 pub fn encode(encoding: Encoding, frame: &OutFrame) -> Result<Bytes, EncodeError> {
     match encoding {
         Encoding::Json => Ok(json::encode(frame)),
         Encoding::Msgpack => Ok(msgpack::encode(frame)),
-        Encoding::Etf => Err(EncodeError::Unsupported(encoding)),
+        Encoding::Etf => Ok(etf::encode(frame)),
     }
 }
 
@@ -123,15 +148,11 @@ mod tests {
     }
 
     #[test]
-    fn codec_answers_for_every_implemented_encoding_and_refuses_etf() {
-        for encoding in [Encoding::Json, Encoding::Msgpack] {
-            let codec = codec(encoding).expect("implemented");
+    fn codec_answers_for_every_encoding() {
+        for encoding in Encoding::ALL {
+            let codec = codec(encoding).expect("every encoding has a codec");
             assert_eq!(codec.encoding(), encoding);
             assert_eq!(codec.frame_kind(), frame_kind(encoding));
         }
-        assert_eq!(
-            codec(Encoding::Etf).map(|c| c.encoding()),
-            Err(EncodeError::Unsupported(Encoding::Etf))
-        );
     }
 }

@@ -1,4 +1,4 @@
-//! Every way an inbound frame can fall outside the data model (SPEC §2.4–§2.6) is a
+//! Every way an inbound frame can fall outside the data model (SPEC §2.4–§2.7) is a
 //! `DecodeError`, never a panic and never a partial value.
 
 use ganglion_codecs::{MAX_NESTING, decode};
@@ -10,6 +10,10 @@ fn json(text: &[u8]) -> Result<Value, String> {
 
 fn msgpack(bytes: &[u8]) -> Result<Value, String> {
     decode(Encoding::Msgpack, bytes).map_err(|e| e.to_string())
+}
+
+fn etf(bytes: &[u8]) -> Result<Value, String> {
+    decode(Encoding::Etf, bytes).map_err(|e| e.to_string())
 }
 
 #[track_caller]
@@ -203,12 +207,35 @@ fn nested_msgpack(depth: usize) -> Vec<u8> {
     bytes
 }
 
+/// `#{a => [[…[]…]]}` with `depth` containers in all; the innermost is NIL_EXT.
+fn nested_etf(depth: usize) -> Vec<u8> {
+    let mut bytes = vec![131, 116, 0, 0, 0, 1, 119, 1, b'a'];
+    for _ in 0..depth - 2 {
+        bytes.extend_from_slice(&[108, 0, 0, 0, 1]);
+    }
+    bytes.push(106);
+    bytes.extend(std::iter::repeat_n(106, depth - 2));
+    bytes
+}
+
+/// The same with tuples, which ETF also decodes to arrays.
+fn nested_etf_tuples(depth: usize) -> Vec<u8> {
+    let mut bytes = vec![131, 116, 0, 0, 0, 1, 119, 1, b'a'];
+    for _ in 0..depth - 2 {
+        bytes.extend_from_slice(&[104, 1]);
+    }
+    bytes.extend_from_slice(&[104, 0]);
+    bytes
+}
+
 #[test]
 fn nesting_up_to_the_limit_decodes_in_every_encoding() {
     let json = json(&nested_json(MAX_NESTING)).expect("json at the limit");
     assert_eq!(json.depth(), MAX_NESTING);
     let msgpack = msgpack(&nested_msgpack(MAX_NESTING)).expect("msgpack at the limit");
     assert_eq!(msgpack, json);
+    assert_eq!(etf(&nested_etf(MAX_NESTING)), Ok(json.clone()));
+    assert_eq!(etf(&nested_etf_tuples(MAX_NESTING)), Ok(json));
 }
 
 #[test]
@@ -218,10 +245,19 @@ fn nesting_one_past_the_limit_is_refused_in_every_encoding() {
     assert!(detail.contains("nested too deeply"), "{detail}");
     refused(json(&nested_json(MAX_NESTING + 2)));
     refused(msgpack(&nested_msgpack(MAX_NESTING + 2)));
+    for bytes in [
+        nested_etf(MAX_NESTING + 1),
+        nested_etf_tuples(MAX_NESTING + 1),
+    ] {
+        let detail = refused(etf(&bytes));
+        assert!(detail.contains("nested too deeply"), "{detail}");
+    }
 }
 
 #[test]
 fn absurd_nesting_is_refused_without_exhausting_the_stack() {
     refused(json(&nested_json(100_000)));
     refused(msgpack(&nested_msgpack(100_000)));
+    refused(etf(&nested_etf(100_000)));
+    refused(etf(&nested_etf_tuples(100_000)));
 }

@@ -1,5 +1,5 @@
 //! What ganglion encodes decodes to the same data model value, in every encoding, and inbound
-//! numbers keep their kind (SPEC §2.4–§2.6).
+//! numbers keep their kind (SPEC §2.4–§2.7).
 
 use std::borrow::Cow;
 
@@ -8,7 +8,7 @@ use ganglion_core::frame::TraceContext;
 use ganglion_core::{Encoding, Map, Out, OutFrame, Value};
 use proptest::prelude::*;
 
-const ENCODINGS: [Encoding; 2] = [Encoding::Json, Encoding::Msgpack];
+const ENCODINGS: [Encoding; 3] = Encoding::ALL;
 
 fn frame(d: Out) -> OutFrame {
     OutFrame {

@@ -1,8 +1,8 @@
-//! The SPEC's own examples (§2.5, §2.6, §3.1), byte for byte.
+//! The SPEC's own examples (§2.5, §2.6, §2.7, §3.1), byte for byte.
 
 use std::borrow::Cow;
 
-use ganglion_codecs::{EncodeError, FrameKind, codec, decode, encode, frame_kind};
+use ganglion_codecs::{FrameKind, codec, decode, encode, frame_kind};
 use ganglion_core::frame::{TraceContext, op};
 use ganglion_core::{Encoding, Map, Out, OutFrame, Outgoing, Value};
 
@@ -12,6 +12,14 @@ const HELLO_JSON: &str = r#"{"op":0,"d":{"heartbeat_interval":45000},"t":null,"t
 const HELLO_MSGPACK_HEX: &str =
     "84 a2 6f70 00  a1 64 81 b2 6865617274626561745f696e74657276616c cd afc8
                                     a1 74 c0  a2 7473 cf 0000018bcfe56800";
+
+/// SPEC §2.7: `#{d => #{<<"heartbeat_interval">> => 45000}, op => 0, t => nil, ts => 1700000000000}`
+/// in the key order Erlang writes.
+const HELLO_ETF_HEX: &str = "83 74 00000004
+   77 01 64            74 00000001 6d 00000012 6865617274626561745f696e74657276616c 62 0000afc8
+   77 02 6f70          61 00
+   77 01 74            77 03 6e696c
+   77 02 7473          6e 06 00 0068e5cf8b01";
 
 fn hello() -> OutFrame {
     OutFrame {
@@ -69,6 +77,12 @@ fn msgpack_hello_is_the_spec_bytes_exactly() {
 }
 
 #[test]
+fn etf_hello_is_the_spec_bytes_exactly() {
+    let bytes = encode(Encoding::Etf, &hello()).expect("etf is supported");
+    assert_eq!(&bytes[..], &hex(HELLO_ETF_HEX)[..]);
+}
+
+#[test]
 fn the_spec_hellos_decode_to_the_same_value() {
     assert_eq!(
         decode(Encoding::Json, HELLO_JSON.as_bytes()),
@@ -78,11 +92,15 @@ fn the_spec_hellos_decode_to_the_same_value() {
         decode(Encoding::Msgpack, &hex(HELLO_MSGPACK_HEX)),
         Ok(hello_value())
     );
+    assert_eq!(
+        decode(Encoding::Etf, &hex(HELLO_ETF_HEX)),
+        Ok(hello_value())
+    );
 }
 
 #[test]
 fn codec_objects_and_free_functions_agree() {
-    for encoding in [Encoding::Json, Encoding::Msgpack] {
+    for encoding in Encoding::ALL {
         let codec = codec(encoding).expect("supported");
         let bytes = codec.encode(&hello());
         assert_eq!(Ok(bytes.clone()), encode(encoding, &hello()));
@@ -92,20 +110,10 @@ fn codec_objects_and_free_functions_agree() {
 }
 
 #[test]
-fn json_frames_are_text_and_msgpack_frames_binary() {
+fn json_frames_are_text_and_msgpack_and_etf_frames_binary() {
     assert_eq!(frame_kind(Encoding::Json), FrameKind::Text);
     assert_eq!(frame_kind(Encoding::Msgpack), FrameKind::Binary);
     assert_eq!(frame_kind(Encoding::Etf), FrameKind::Binary);
-}
-
-#[test]
-fn etf_is_refused_until_it_is_implemented() {
-    assert_eq!(
-        encode(Encoding::Etf, &hello()),
-        Err(EncodeError::Unsupported(Encoding::Etf))
-    );
-    assert!(codec(Encoding::Etf).is_err());
-    assert!(decode(Encoding::Etf, &[131, 116, 0, 0, 0, 0]).is_err());
 }
 
 #[test]
@@ -116,7 +124,7 @@ fn every_outbound_frame_has_the_four_envelope_keys() {
         OutFrame::new(op::HEARTBEAT_ACK, Out::BinMap(vec![])),
     ];
     for frame in &frames {
-        for encoding in [Encoding::Json, Encoding::Msgpack] {
+        for encoding in Encoding::ALL {
             let bytes = encode(encoding, frame).expect("supported");
             let decoded = decode(encoding, &bytes).expect("own output decodes");
             let map = decoded.as_object().expect("object");
@@ -168,7 +176,7 @@ fn trace_is_written_only_when_present() {
         }),
         ..with_state.clone()
     };
-    for encoding in [Encoding::Json, Encoding::Msgpack] {
+    for encoding in Encoding::ALL {
         let decoded = decode(encoding, &encode(encoding, &without_state).expect("ok"))
             .expect("own output decodes");
         let trace = decoded.as_object().and_then(|m| m.get("trace"));
@@ -194,7 +202,7 @@ fn trace_is_written_only_when_present() {
 #[test]
 fn a_fanned_out_frame_is_encoded_once_per_encoding() {
     let outgoing = Outgoing::new(hello());
-    for encoding in [Encoding::Json, Encoding::Msgpack] {
+    for encoding in Encoding::ALL {
         let codec = codec(encoding).expect("supported");
         let first = codec.encode_once(&outgoing);
         let second = codec.encode_once(&outgoing);

@@ -189,7 +189,6 @@ async fn websocket_handshake(
 }
 
 /// The `encoding` parameter: form-decoded, last occurrence wins, exact match (SPEC §2.1).
-/// `etf` is not served yet, so it is refused like any other unsupported value.
 fn requested_encoding(query: Option<&str>) -> Option<Encoding> {
     let requested = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "encoding")
@@ -197,7 +196,7 @@ fn requested_encoding(query: Option<&str>) -> Option<Encoding> {
         .map(|(_, v)| v.into_owned());
     match requested.as_deref() {
         None => Some(Encoding::Json),
-        Some(name) => Encoding::from_name(name).filter(|e| *e != Encoding::Etf),
+        Some(name) => Encoding::from_name(name),
     }
 }
 
@@ -309,6 +308,11 @@ mod tests {
             Some(Encoding::Json)
         );
         assert_eq!(requested_encoding(Some("encoding=json+")), None);
+        assert_eq!(
+            requested_encoding(Some("encoding=etf")),
+            Some(Encoding::Etf)
+        );
+        assert_eq!(requested_encoding(Some("encoding=ETF")), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::queue::engine::{Completion, QueueEngine};
 use crate::queue::{
     ConsumerIdentity, NewMessage, QueueConfig, QueueStore, StoreError, Waiter, validate_name,
 };
-use crate::registry::{ClientRecord, Recipients, Registry};
+use crate::registry::{ClientRecord, Recipients, Registry, Slot};
 use crate::session::{Conn, ConnState, Identity, Outbox, format_peer_ip};
 use crate::value::Value;
 
@@ -210,6 +210,24 @@ impl Router {
             .iter()
             .map(|r| r.client_object(&self.queues.waiting_on(r.conn_id)))
             .collect()
+    }
+
+    /// The address of the client a proxied request goes to (SPEC §9.5, §9.7): the match set
+    /// of §6.8 narrowed to clients that have an address, then one of them as for SEND (the
+    /// rendezvous winner for the key, else uniformly random). `None` when nobody is eligible.
+    pub fn proxy_target(&self, query: &Query) -> Option<String> {
+        let registry = self.registry.read();
+        let eligible: Vec<Slot> = registry
+            .match_set(query)
+            .into_iter()
+            .filter(|slot| {
+                registry
+                    .get(*slot)
+                    .is_some_and(|r| r.proxy_address.is_some())
+            })
+            .collect();
+        let slot = registry.pick_one(query, &eligible)?;
+        registry.get(slot)?.proxy_address.clone()
     }
 
     // --- identify ---

@@ -397,6 +397,8 @@ impl Config {
                 "gateway.heartbeat_timeout_ms must be greater than 0".into(),
             ));
         }
+        crate::proxy::guard::Guard::new(&self.proxy.allowed_cidrs)
+            .map_err(|e| ConfigError::Value(e.to_string()))?;
         Ok(())
     }
 

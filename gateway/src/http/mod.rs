@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::service::SessionStack;
 
+mod proxy;
 mod queues;
 
 /// The version of the original 신경 protocol ganglion is compatible with.
@@ -75,10 +76,15 @@ pub struct AppState {
 
 /// The HTTP application.
 pub fn app(state: AppState) -> AxumRouter {
+    let upstream = Arc::new(crate::proxy::Proxy::new_or_refusing(&state.config.proxy));
     let api = AxumRouter::new()
         .route("/api/v1/query", post(query))
         .merge(queues::routes())
+        .merge(proxy::json_route(upstream.clone()))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let transparent_proxy = proxy::transparent_routes(upstream).route_layer(
+        middleware::from_fn_with_state(state.clone(), require_proxy_auth),
+    );
     AxumRouter::new()
         .route("/", get(root))
         .route("/gateway/websocket", any(websocket_handshake))
@@ -86,6 +92,7 @@ pub fn app(state: AppState) -> AxumRouter {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
+        .merge(transparent_proxy)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(state)
@@ -217,15 +224,37 @@ async fn require_auth(
     request: Request,
     next: Next,
 ) -> Response {
-    let credential = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    match state
-        .router
-        .auth()
-        .check_http(credential, SourceKey::from_ip(peer.ip()))
-    {
+    let credential = request.headers().get(header::AUTHORIZATION).cloned();
+    authorize(&state, peer, credential, request, next).await
+}
+
+/// The password check of the transparent proxy (SPEC §9.6): the credential may be given in
+/// `X-Ganglion-Auth` instead, leaving `Authorization` to the upstream.
+async fn require_proxy_auth(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let credential = headers
+        .get(&proxy::X_GANGLION_AUTH)
+        .or_else(|| headers.get(header::AUTHORIZATION))
+        .cloned();
+    authorize(&state, peer, credential, request, next).await
+}
+
+async fn authorize(
+    state: &AppState,
+    peer: SocketAddr,
+    credential: Option<HeaderValue>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.router.auth().check_http(
+        credential.as_ref().map(HeaderValue::as_bytes),
+        SourceKey::from_ip(peer.ip()),
+    ) {
         Ok(()) => next.run(request).await,
         Err(HttpAuthError::NotAuthorized) => json_response(
             StatusCode::UNAUTHORIZED,

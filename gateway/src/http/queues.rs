@@ -138,7 +138,7 @@ fn queue_in_path(uri: &Uri) -> String {
 
 /// `%XX` escapes to bytes; anything else, malformed escapes included, stays as it is (axum's
 /// own decoding of path parameters).
-fn percent_decode(raw: &str) -> Vec<u8> {
+pub(super) fn percent_decode(raw: &str) -> Vec<u8> {
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;

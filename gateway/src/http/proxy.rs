@@ -1,0 +1,397 @@
+//! The proxy routes (SPEC §9.5, §9.6): the JSON form `POST /api/v1/proxy` and the transparent
+//! form `ANY /api/v1/proxy/{application}/{*path}`. Both validate the request, choose a client
+//! by query (`Router::proxy_target`), derive the target URL and hand the request to
+//! [`Proxy::forward`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router as AxumRouter;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use ganglion_core::query::Query;
+use ganglion_core::{Map, Value};
+use serde_json::json;
+
+use super::{AppState, errors, json_response, read_json};
+use crate::proxy::headers::{
+    TraceContext, append_forwarded_for, set_trace_context, strip_hop_by_hop,
+};
+use crate::proxy::target::target_url;
+use crate::proxy::{Proxy, ProxyError};
+
+/// The query of a transparent request (SPEC §9.6).
+pub static X_GANGLION_QUERY: HeaderName = HeaderName::from_static("x-ganglion-query");
+/// The ganglion credential of a transparent request, when `Authorization` is meant for the
+/// upstream (SPEC §9.6).
+pub static X_GANGLION_AUTH: HeaderName = HeaderName::from_static("x-ganglion-auth");
+
+const PREFIX: &str = "/api/v1/proxy/";
+
+/// `POST /api/v1/proxy`, behind the API's usual authentication.
+pub fn json_route(proxy: Arc<Proxy>) -> AxumRouter<AppState> {
+    AxumRouter::new().route(
+        "/api/v1/proxy",
+        post(move |state, peer, headers, body| json_form(proxy, state, peer, headers, body)),
+    )
+}
+
+/// `ANY /api/v1/proxy/{application}[/{*path}]`, behind authentication that also accepts
+/// `X-Ganglion-Auth` (`super::require_proxy_auth`).
+pub fn transparent_routes(proxy: Arc<Proxy>) -> AxumRouter<AppState> {
+    let handler = any(move |state, peer, request| transparent_form(proxy, state, peer, request));
+    AxumRouter::new()
+        .route("/api/v1/proxy/{application}", handler.clone())
+        .route("/api/v1/proxy/{application}/", handler.clone())
+        .route("/api/v1/proxy/{application}/{*path}", handler)
+}
+
+// === validation ===
+
+/// The reason of a 400 `{"errors":[<reason>]}`.
+type Reason = String;
+
+fn missing(field: &str, message: &str) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({ field: [message] }))
+}
+
+fn bad_request(reason: &str) -> Response {
+    errors(StatusCode::BAD_REQUEST, reason)
+}
+
+/// Rows 5 and 6 of SPEC §9.5: the method, by its exact (case-sensitive) name.
+fn check_method(name: &str) -> Result<Method, Reason> {
+    const VALID: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if !VALID.contains(&name) {
+        return Err(format!(
+            "{name} is not a valid method! (valid methods: [\"GET\", \"HEAD\", \"POST\", \"PUT\", \"DELETE\", \"CONNECT\", \"OPTIONS\", \"TRACE\", \"PATCH\"])"
+        ));
+    }
+    if matches!(name, "CONNECT" | "OPTIONS" | "TRACE") {
+        return Err(format!(
+            "{name} is not a supported method! (not supported: [\"CONNECT\", \"OPTIONS\", \"TRACE\"])"
+        ));
+    }
+    Method::from_bytes(name.as_bytes()).map_err(|_| format!("{name} is not a valid method!"))
+}
+
+/// Rows 9 and 10 of SPEC §9.5: `headers` as a header map, arrays becoming repeated lines.
+fn supplied_headers(value: Option<&Value>) -> Result<HeaderMap, Reason> {
+    const SHAPE: &str = "headers must map names to strings";
+    let map = match value {
+        None | Some(Value::Null) => return Ok(HeaderMap::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(SHAPE.to_owned()),
+    };
+    let mut lines: Vec<(&String, &String)> = Vec::new();
+    for (name, value) in map {
+        match value {
+            Value::String(line) => lines.push((name, line)),
+            Value::Array(items) => {
+                for item in items {
+                    let Value::String(line) = item else {
+                        return Err(SHAPE.to_owned());
+                    };
+                    lines.push((name, line));
+                }
+            }
+            _ => return Err(SHAPE.to_owned()),
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(lines.len());
+    for (name, line) in lines {
+        // CR, LF and NUL are what the SPEC names; other control characters cannot be sent
+        // either, and are refused the same way.
+        let parsed = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(line.as_bytes()),
+        );
+        let (Ok(name), Ok(line)) = parsed else {
+            return Err(format!("invalid header: {name}"));
+        };
+        headers.append(name, line);
+    }
+    Ok(headers)
+}
+
+/// Cleans the headers that go upstream: hop-by-hop, `Host` and `Content-Length` out (hyper
+/// sets the last two), the trace context, `X-Forwarded-For`.
+fn finish_headers(headers: &mut HeaderMap, trace: Option<TraceContext>, caller: SocketAddr) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    set_trace_context(headers, trace);
+    append_forwarded_for(headers, caller.ip());
+}
+
+/// Sends the request and turns a failure into its answer (SPEC §9.7).
+async fn forward(proxy: &Proxy, request: http::Request<Body>) -> Response {
+    proxy
+        .forward(request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn invalid_target() -> Response {
+    errors(
+        StatusCode::BAD_GATEWAY,
+        "upstream unreachable: invalid target URL",
+    )
+}
+
+// === the JSON form ===
+
+/// `POST /api/v1/proxy` (SPEC §9.5): validation in the order of the table, first failure
+/// answered.
+async fn json_form(
+    proxy: Arc<Proxy>,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    incoming: HeaderMap,
+    body: Body,
+) -> Response {
+    let request = match read_json(body, state.config.http.max_body_bytes).await {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => Map::new(),
+        Err(response) => return response,
+    };
+    let present = |key: &str| request.get(key).filter(|v| !v.is_null());
+    let Some(method) = present("method") else {
+        return missing("method", "no method provided");
+    };
+    let Some(route) = present("route") else {
+        return missing("route", "no route provided");
+    };
+    let Some(query) = present("query") else {
+        return missing("query", "no query provided");
+    };
+    let method = match method {
+        Value::String(name) => check_method(name),
+        other => check_method(&other.to_json()),
+    };
+    let method = match method {
+        Ok(method) => method,
+        Err(reason) => return bad_request(&reason),
+    };
+    let Value::String(route) = route else {
+        return bad_request("route must be a string");
+    };
+    let body = request.get("body").filter(|b| !is_no_body(b));
+    if body.is_some() && (method == Method::GET || method == Method::HEAD) {
+        return bad_request("no body required but one given (you probably wanted to send nil)");
+    }
+    let mut headers = match supplied_headers(request.get("headers")) {
+        Ok(headers) => headers,
+        Err(reason) => return bad_request(&reason),
+    };
+    let query = match Query::parse(query, state.config.query_limits()) {
+        Ok(query) => query,
+        Err(e) => return bad_request(&e.reason),
+    };
+    let Some(address) = state.router.proxy_target(&query) else {
+        return bad_request("no matches");
+    };
+    let Ok(url) = target_url(&address, route) else {
+        return invalid_target();
+    };
+
+    let trace =
+        TraceContext::from_headers(&incoming).or_else(|| TraceContext::from_headers(&headers));
+    finish_headers(&mut headers, trace, peer);
+    let body = match body {
+        None => Body::empty(),
+        Some(Value::String(text)) => Body::from(text.clone()),
+        Some(json) => {
+            if !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Body::from(json.to_json())
+        }
+    };
+    let mut outgoing = http::Request::new(body);
+    *outgoing.method_mut() = method;
+    *outgoing.uri_mut() = url;
+    *outgoing.headers_mut() = headers;
+    forward(&proxy, outgoing).await
+}
+
+/// Absent, null and `""` all mean "no body".
+fn is_no_body(body: &Value) -> bool {
+    match body {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+// === the transparent form ===
+
+/// `ANY /api/v1/proxy/{application}/{*path}` (SPEC §9.6).
+async fn transparent_form(
+    proxy: Arc<Proxy>,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Err(reason) = check_method(parts.method.as_str()) {
+        return bad_request(&reason);
+    }
+    let Some((application, route)) = split_path(&parts.uri) else {
+        return super::not_found().await;
+    };
+    let query = match transparent_query(parts.headers.get(&X_GANGLION_QUERY), application) {
+        Ok(query) => query,
+        Err(reason) => return bad_request(&reason),
+    };
+    let query = match Query::parse(&query, state.config.query_limits()) {
+        Ok(query) => query,
+        Err(e) => return bad_request(&e.reason),
+    };
+    let Some(address) = state.router.proxy_target(&query) else {
+        return errors(StatusCode::SERVICE_UNAVAILABLE, "no matches");
+    };
+    let Ok(url) = target_url(&address, &route) else {
+        return invalid_target();
+    };
+
+    let mut headers = std::mem::take(&mut parts.headers);
+    // The credential is not the upstream's business: `X-Ganglion-Auth` never goes on, and
+    // `Authorization` does not when it is what authenticated the caller.
+    let authenticated_by_authorization =
+        state.router.auth().password_required() && !headers.contains_key(&X_GANGLION_AUTH);
+    if authenticated_by_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    headers.remove(&X_GANGLION_AUTH);
+    headers.remove(&X_GANGLION_QUERY);
+    let trace = TraceContext::from_headers(&headers);
+    finish_headers(&mut headers, trace, peer);
+    let mut outgoing = http::Request::new(body);
+    *outgoing.method_mut() = parts.method;
+    *outgoing.uri_mut() = url;
+    *outgoing.headers_mut() = headers;
+    forward(&proxy, outgoing).await
+}
+
+/// The `{application}` segment, percent-decoded, and the route: the rest of the path exactly
+/// as received (`/` when empty), with `?` and the raw query string if there is one.
+fn split_path(uri: &Uri) -> Option<(Value, String)> {
+    let rest = uri.path().strip_prefix(PREFIX)?;
+    let (segment, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    let application = match String::from_utf8(super::queues::percent_decode(segment)) {
+        Ok(application) => Value::String(application),
+        // No application id can be this: a non-string `application` matches nobody.
+        Err(_) => Value::Bool(false),
+    };
+    let mut route = if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    };
+    if let Some(query) = uri.query() {
+        route.push('?');
+        route.push_str(query);
+    }
+    Some((application, route))
+}
+
+/// The query of a transparent request: `X-Ganglion-Query` (JSON) with `application` set to
+/// the path's, or just `{"application": <segment>}`.
+fn transparent_query(header: Option<&HeaderValue>, application: Value) -> Result<Value, String> {
+    let mut query = match header {
+        None => Value::Object(Map::new()),
+        Some(text) => serde_json::from_slice::<Value>(text.as_bytes())
+            .map_err(|_| "X-Ganglion-Query: invalid JSON".to_owned())?,
+    };
+    // A query that is not an object is left as it is, for the parser to refuse.
+    if let Value::Object(map) = &mut query {
+        map.insert("application".to_owned(), application);
+    }
+    Ok(query)
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        match self {
+            ProxyError::NotAllowed => errors(StatusCode::FORBIDDEN, "proxy target not allowed"),
+            ProxyError::Unreachable(detail) => errors(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream unreachable: {detail}"),
+            ),
+            ProxyError::Timeout(detail) => errors(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("upstream timeout: {detail}"),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_route_is_the_raw_rest_of_the_path_and_query() {
+        let split = |s: &str| split_path(&uri(s)).unwrap();
+        assert_eq!(
+            split("/api/v1/proxy/svc/users/1?x=2"),
+            (Value::from("svc"), "/users/1?x=2".to_owned())
+        );
+        assert_eq!(
+            split("/api/v1/proxy/svc"),
+            (Value::from("svc"), "/".to_owned())
+        );
+        assert_eq!(
+            split("/api/v1/proxy/svc/"),
+            (Value::from("svc"), "/".to_owned())
+        );
+        assert_eq!(
+            split("/api/v1/proxy/svc?a=b"),
+            (Value::from("svc"), "/?a=b".to_owned())
+        );
+        assert_eq!(
+            split("/api/v1/proxy/my%20svc/a%2Fb/c%20d"),
+            (Value::from("my svc"), "/a%2Fb/c%20d".to_owned())
+        );
+        assert_eq!(split("/api/v1/proxy/%FF/x").0, Value::Bool(false));
+    }
+
+    #[test]
+    fn the_path_segment_sets_the_application_of_the_header_query() {
+        let header = HeaderValue::from_static(r#"{"application":"other","key":"k"}"#);
+        let query = transparent_query(Some(&header), Value::from("svc")).unwrap();
+        assert_eq!(query.to_json(), r#"{"application":"svc","key":"k"}"#);
+        assert_eq!(
+            transparent_query(None, Value::from("svc"))
+                .unwrap()
+                .to_json(),
+            r#"{"application":"svc"}"#
+        );
+        assert_eq!(
+            transparent_query(Some(&HeaderValue::from_static("{nope")), Value::from("svc")),
+            Err("X-Ganglion-Query: invalid JSON".to_owned())
+        );
+        assert_eq!(
+            transparent_query(Some(&HeaderValue::from_static("5")), Value::from("svc"))
+                .unwrap()
+                .to_json(),
+            "5"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! From a client's address and a route to the URL a proxied request goes to (SPEC §9.7
+//! "Target address").
+
+use std::net::Ipv6Addr;
+
+use http::Uri;
+use http::uri::Scheme;
+
+/// The target URL did not come out as an absolute `http`/`https` URL on the base's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidTarget;
+
+/// The base URL for a client address `A`:
+///
+/// | `A` | base |
+/// |---|---|
+/// | `http://…` or `https://…` (any case) | `A`, the scheme in lower case |
+/// | an IPv6 literal, bare or in the expanded peer form | `http://[A]` |
+/// | `[v6]:port`, `host`, `host:port`, IPv4 with or without port | `http://A` |
+pub fn base_url(address: &str) -> String {
+    for scheme in ["http://", "https://"] {
+        if let Some(prefix) = address.get(..scheme.len())
+            && prefix.eq_ignore_ascii_case(scheme)
+        {
+            return format!("{scheme}{}", &address[scheme.len()..]);
+        }
+    }
+    if address.parse::<Ipv6Addr>().is_ok() {
+        format!("http://[{address}]")
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// The base without its trailing `/`s, one `/`, the route without its leading `/`s; checked to
+/// be an absolute `http`/`https` URL whose host is the base's.
+pub fn target_url(address: &str, route: &str) -> Result<Uri, InvalidTarget> {
+    let base = base_url(address);
+    let base_host = host_of(&base).ok_or(InvalidTarget)?;
+    let joined = format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        route.trim_start_matches('/')
+    );
+    let uri: Uri = joined.parse().map_err(|_| InvalidTarget)?;
+    let scheme_ok = uri.scheme() == Some(&Scheme::HTTP) || uri.scheme() == Some(&Scheme::HTTPS);
+    if !scheme_ok || uri.host().is_none_or(|h| h.is_empty()) || uri.host() != Some(&base_host) {
+        return Err(InvalidTarget);
+    }
+    Ok(uri)
+}
+
+/// The host of a base URL, when it parses.
+fn host_of(base: &str) -> Option<String> {
+    let uri: Uri = base.parse().ok()?;
+    uri.host().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(address: &str, route: &str) -> String {
+        target_url(address, route)
+            .unwrap_or_else(|_| panic!("{address} + {route} is invalid"))
+            .to_string()
+    }
+
+    #[test]
+    fn base_urls_follow_the_table_of_spec_9_7() {
+        assert_eq!(base_url("http://10.0.0.5:8080"), "http://10.0.0.5:8080");
+        assert_eq!(
+            base_url("HTTPS://svc.example/api"),
+            "https://svc.example/api"
+        );
+        assert_eq!(base_url("Http://h"), "http://h");
+        assert_eq!(base_url("::1"), "http://[::1]");
+        assert_eq!(
+            base_url("2001:0db8:0000:0000:0000:8a2e:0370:7334"),
+            "http://[2001:0db8:0000:0000:0000:8a2e:0370:7334]"
+        );
+        assert_eq!(base_url("[::1]:8080"), "http://[::1]:8080");
+        assert_eq!(base_url("svc.internal"), "http://svc.internal");
+        assert_eq!(base_url("svc.internal:81"), "http://svc.internal:81");
+        assert_eq!(base_url("10.0.0.5"), "http://10.0.0.5");
+        assert_eq!(base_url("10.0.0.5:9000"), "http://10.0.0.5:9000");
+    }
+
+    #[test]
+    fn routes_join_with_exactly_one_slash() {
+        assert_eq!(url("http://h", "/users/1"), "http://h/users/1");
+        assert_eq!(url("http://h/", "users"), "http://h/users");
+        assert_eq!(url("http://h//", "//users"), "http://h/users");
+        assert_eq!(url("http://h", "/"), "http://h/");
+        assert_eq!(url("http://h", ""), "http://h/");
+        assert_eq!(
+            url("https://svc.example/api", "/v1?x=1&y=2"),
+            "https://svc.example/api/v1?x=1&y=2"
+        );
+        assert_eq!(url("127.0.0.1:80", "/a"), "http://127.0.0.1:80/a");
+        assert_eq!(
+            url("2001:0db8:0000:0000:0000:8a2e:0370:7334", "/a"),
+            "http://[2001:0db8:0000:0000:0000:8a2e:0370:7334]/a"
+        );
+        assert_eq!(url("[::1]:8080", "a"), "http://[::1]:8080/a");
+        assert_eq!(
+            url("http://h", "/@evil.example/x"),
+            "http://h/@evil.example/x"
+        );
+    }
+
+    #[test]
+    fn addresses_and_routes_that_make_no_url_are_invalid() {
+        for (address, route) in [
+            ("http://", "/x"),
+            ("", "/x"),
+            ("http://h", "/a b"),
+            ("h h", "/x"),
+            ("fe80::1%eth0", "/x"),
+            ("http://h\n", "/x"),
+        ] {
+            assert_eq!(
+                target_url(address, route),
+                Err(InvalidTarget),
+                "{address:?} + {route:?}"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! every frame queued before it.
 
 pub mod any;
+pub mod assert;
 pub mod tcp;
 
 pub use any::{AnyClient, Kind};

@@ -5,10 +5,10 @@
 //! After every bad input a [`Witness`] proves the node still serves other clients: a SEND
 //! round trip between a long-lived bystander and a freshly identified client.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::SinkExt;
+use ganglion_tests::assert::{expect_op3, key_set, keys};
 use ganglion_tests::{Client, Enc, TestGateway, meta};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -26,37 +26,6 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 /// A fresh, unique name, so clients of different cases never collide.
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))
-}
-
-fn keys(value: &Value) -> BTreeSet<&str> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("expected an object, got {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
-
-fn key_set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
-    names.iter().copied().collect()
-}
-
-/// Asserts an op 3 with `error` and the `{error, extra_info}` shape; returns `extra_info`.
-fn expect_op3(frame: &Value, error: &str) -> Value {
-    assert_eq!(
-        keys(frame),
-        key_set(&["op", "d", "t", "ts"]),
-        "envelope: {frame}"
-    );
-    assert_eq!(frame["op"], 3, "expected op 3 `{error}`, got {frame}");
-    assert_eq!(frame["t"], Value::Null, "{frame}");
-    assert_eq!(
-        keys(&frame["d"]),
-        key_set(&["error", "extra_info"]),
-        "{frame}"
-    );
-    assert_eq!(frame["d"]["error"], error, "{frame}");
-    frame["d"]["extra_info"].clone()
 }
 
 /// Sends `frame` and asserts that exactly one op 3 `error` comes back (proven by a heartbeat),

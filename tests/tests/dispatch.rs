@@ -7,47 +7,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ganglion_tests::assert::{assert_envelope, expect_op3, key_set, keys};
 use ganglion_tests::{Client, Enc, TestGateway, meta, now_ms};
 use serde_json::{Value, json};
 
 // === helpers ===
-
-fn keys(value: &Value) -> BTreeSet<&str> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("expected an object, got {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
-
-fn key_set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
-    names.iter().copied().collect()
-}
-
-/// Every outbound frame has exactly `op`, `d`, `t` and `ts`, with an integer `ts`.
-fn assert_envelope(frame: &Value) {
-    assert_eq!(
-        keys(frame),
-        key_set(&["op", "d", "t", "ts"]),
-        "envelope keys: {frame}"
-    );
-    assert!(frame["ts"].is_u64(), "ts is an integer: {frame}");
-}
-
-/// Asserts an op 3 with `error` and returns its `extra_info`.
-fn expect_op3(frame: &Value, error: &str) -> Value {
-    assert_envelope(frame);
-    assert_eq!(frame["op"], 3, "expected op 3 `{error}`, got {frame}");
-    assert_eq!(frame["t"], Value::Null, "op 3 has a null t: {frame}");
-    assert_eq!(
-        keys(&frame["d"]),
-        key_set(&["error", "extra_info"]),
-        "op 3 d: {frame}"
-    );
-    assert_eq!(frame["d"]["error"], error, "op 3 error: {frame}");
-    frame["d"]["extra_info"].clone()
-}
 
 /// Asserts a delivered op 4 `t` with `{"target": null, "nonce", "payload"}` and returns the
 /// nonce and the payload.

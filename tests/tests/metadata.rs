@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use ganglion_core::metadata::UpdateStrategy;
+use ganglion_tests::assert::keys;
 use ganglion_tests::{Client, Enc, TestGateway, meta};
 use serde_json::{Map, Value, json};
 
@@ -18,15 +19,6 @@ const RESERVED: [&str; 6] = [
 ];
 
 // === helpers ===
-
-fn keys(value: &Value) -> BTreeSet<&str> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("expected an object, got {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
 
 /// Asserts that the next frame is exactly op 3 `invalid metadata` with `extra_info` and nothing
 /// else is pending.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use ganglion_tests::assert::{assert_envelope, expect_op3, key_set, keys};
 use ganglion_tests::{Client, Enc, TestGateway, meta, now_ms, patience, temp_dir};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -20,43 +21,6 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 // === helpers ===
-
-fn keys(value: &Value) -> BTreeSet<&str> {
-    value
-        .as_object()
-        .unwrap_or_else(|| panic!("expected an object, got {value}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
-
-fn key_set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
-    names.iter().copied().collect()
-}
-
-/// Every outbound frame has exactly `op`, `d`, `t` and `ts`, with an integer `ts`.
-fn assert_envelope(frame: &Value) {
-    assert_eq!(
-        keys(frame),
-        key_set(&["op", "d", "t", "ts"]),
-        "envelope keys: {frame}"
-    );
-    assert!(frame["ts"].is_u64(), "ts is an integer: {frame}");
-}
-
-/// Asserts an op 3 with `error` and returns its `extra_info`.
-fn expect_op3(frame: &Value, error: &str) -> Value {
-    assert_envelope(frame);
-    assert_eq!(frame["op"], 3, "expected op 3 `{error}`, got {frame}");
-    assert_eq!(frame["t"], Value::Null, "op 3 has a null t: {frame}");
-    assert_eq!(
-        keys(&frame["d"]),
-        key_set(&["error", "extra_info"]),
-        "op 3 d: {frame}"
-    );
-    assert_eq!(frame["d"]["error"], error, "op 3 error: {frame}");
-    frame["d"]["extra_info"].clone()
-}
 
 /// A lowercase, hyphenated UUID version 4 (SPEC §8.1), returned as a string.
 fn uuid_v4(id: &Value) -> String {

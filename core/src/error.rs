@@ -61,6 +61,10 @@ pub enum Fatal {
     SlowConsumer,
     #[error("internal server error")]
     Internal,
+    /// A NATS connect request that does not open a session (SPEC §2.3); answered before any
+    /// session exists, so it is never followed by a close.
+    #[error("invalid connect request")]
+    InvalidConnectRequest,
 }
 
 /// The `<name>` of `invalid client op <name>` (SPEC §3.3).
@@ -105,6 +109,7 @@ impl Fatal {
             Fatal::HeartbeatTimeout => "heartbeat_timeout",
             Fatal::SlowConsumer => "slow_consumer",
             Fatal::Internal => "internal",
+            Fatal::InvalidConnectRequest => "invalid_connect_request",
         }
     }
 
@@ -164,6 +169,10 @@ pub enum Invalid {
     UnknownMessageId { queue: Value, id: Value },
     #[error("queue unavailable")]
     QueueUnavailable { queue: String, nonce: Value },
+    /// An injected dispatch that is not a JSON object with `t` SEND, BROADCAST or QUEUE
+    /// (SPEC §2.3): nothing of it is echoed.
+    #[error("invalid dispatch payload")]
+    Injection,
 }
 
 // === impl Invalid ===
@@ -180,6 +189,7 @@ impl Invalid {
             Invalid::QueueName { .. } => "invalid_queue_name",
             Invalid::UnknownMessageId { .. } => "unknown_message_id",
             Invalid::QueueUnavailable { .. } => "queue_unavailable",
+            Invalid::Injection => "invalid_dispatch_payload",
         }
     }
 
@@ -196,7 +206,7 @@ impl Invalid {
 
     fn extra_info(&self) -> Out {
         match self {
-            Invalid::Restricted { .. } => Out::Null,
+            Invalid::Restricted { .. } | Invalid::Injection => Out::Null,
             Invalid::Metadata(errors) => key_errors(errors),
             Invalid::NoRoute { t, nonce, target } => Out::Map(vec![
                 ("t", Out::str(*t)),

@@ -230,6 +230,51 @@ impl Router {
         registry.get(slot)?.proxy_address.clone()
     }
 
+    /// Routes a SEND, BROADCAST or QUEUE for a sender that is not a client: no identity, no
+    /// restrictions, and never itself a recipient (the NATS bridge's injection, SPEC §2.3).
+    ///
+    /// Exactly one answer is pushed into `reply`: `DISPATCH_RESULT` with the number of clients
+    /// the message was handed to, the QUEUE_CONFIRM, or the op 3 a client would get; another
+    /// `t` gets `invalid dispatch payload` with a null `extra_info`. A QUEUE is answered once
+    /// durable, and the returned completion resolves after its answer was pushed.
+    ///
+    /// `envelope.trace` travels with the envelope like a client's; continuing it into the
+    /// deliveries is the router's trace support (SPEC §11), shared with client dispatches.
+    pub fn inject(&self, envelope: Envelope, reply: Arc<dyn Outbox>) -> Option<Completion> {
+        let (t, wanted) = match envelope.event_name() {
+            Some("SEND") => ("SEND", Recipients::One),
+            Some("BROADCAST") => ("BROADCAST", Recipients::All),
+            Some("QUEUE") => return Some(self.queue_push_to(reply, envelope)),
+            _ => {
+                reply.push(&Arc::new(Outgoing::new(Invalid::Injection.to_frame())));
+                return None;
+            }
+        };
+        let nonce = match &envelope.d {
+            Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let answer = match self.route(t, wanted, envelope) {
+            Ok(recipients) => OutFrame::dispatch(
+                "DISPATCH_RESULT",
+                Out::Map(vec![
+                    ("t", Out::str(t)),
+                    ("nonce", Out::Value(nonce)),
+                    (
+                        "recipients",
+                        Out::Int(i64::try_from(recipients).unwrap_or(i64::MAX)),
+                    ),
+                ]),
+            ),
+            Err(invalid) => {
+                tracing::debug!(error = %invalid, t, "injected dispatch refused");
+                invalid.to_frame()
+            }
+        };
+        reply.push(&Arc::new(Outgoing::new(answer)));
+        None
+    }
+
     // --- identify ---
 
     fn identify(&self, conn: &Conn, d: Value) -> Result<(), Fatal> {
@@ -349,8 +394,8 @@ impl Router {
         }
         let result = match t.as_str() {
             "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope),
-            "SEND" => self.route("SEND", Recipients::One, envelope),
-            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope),
+            "SEND" => self.route("SEND", Recipients::One, envelope).map(drop),
+            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope).map(drop),
             "QUERY_NODES" => self.query_nodes(conn, envelope),
             "QUEUE" => return self.queue_push(conn, envelope),
             "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope),
@@ -388,15 +433,18 @@ impl Router {
     /// QUEUE: validated now, confirmed once durable. Every answer, errors included, goes
     /// through the journal, so answers to pipelined QUEUE frames keep their order.
     fn queue_push(&self, conn: &Conn, envelope: Envelope) -> Outcome {
-        let completion = match self.prepare_push(envelope) {
-            Ok((new, query)) => self.queues.push(conn.outbox.clone(), new, query),
+        Outcome::Pending(self.queue_push_to(conn.outbox.clone(), envelope))
+    }
+
+    /// QUEUE for any producer: the confirm or error goes to `producer`, in journal order.
+    fn queue_push_to(&self, producer: Arc<dyn Outbox>, envelope: Envelope) -> Completion {
+        match self.prepare_push(envelope) {
+            Ok((new, query)) => self.queues.push(producer, new, query),
             Err(invalid) => {
                 tracing::debug!(error = %invalid, "QUEUE refused");
-                self.queues
-                    .reply_in_order(conn.outbox.clone(), invalid.to_frame())
+                self.queues.reply_in_order(producer, invalid.to_frame())
             }
-        };
-        Outcome::Pending(completion)
+        }
     }
 
     /// Validates a QUEUE `d` (SPEC §8.3 step 1) into the message and its parsed target.
@@ -510,13 +558,14 @@ impl Router {
             })
     }
 
-    /// SEND and BROADCAST (SPEC §7.3, §7.4).
+    /// SEND and BROADCAST (SPEC §7.3, §7.4). Returns how many clients the message was handed
+    /// to: 0 only when a droppable query matched nobody.
     fn route(
         &self,
         t: &'static str,
         wanted: Recipients,
         envelope: Envelope,
-    ) -> Result<(), Invalid> {
+    ) -> Result<usize, Invalid> {
         let well_formed = envelope
             .d
             .as_object()
@@ -554,7 +603,7 @@ impl Router {
         };
         if outboxes.is_empty() {
             if query.droppable {
-                return Ok(());
+                return Ok(0);
             }
             return Err(Invalid::NoRoute { t, nonce, target });
         }
@@ -566,7 +615,7 @@ impl Router {
         for outbox in &outboxes {
             outbox.push(&frame);
         }
-        Ok(())
+        Ok(outboxes.len())
     }
 
     /// QUERY_NODES (SPEC §7.5).

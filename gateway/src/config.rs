@@ -29,6 +29,8 @@ pub const ENV_PREFIX: &str = "GANGLION_";
 const STRING_KEYS: &[&str] = &[
     "listen",
     "tcp.listen",
+    "nats.url",
+    "nats.prefix",
     "tls.cert",
     "tls.key",
     "queue.data_dir",
@@ -48,6 +50,7 @@ pub struct Config {
     /// TLS for the HTTP/websocket listener (and the TCP listener when `tcp.tls`).
     pub tls: TlsSection,
     pub tcp: TcpSection,
+    pub nats: NatsSection,
     pub ws: WsConfig,
     pub auth: AuthConfig,
     pub gateway: GatewayConfig,
@@ -98,6 +101,17 @@ pub struct TcpSection {
     pub listen: String,
     /// TLS on the TCP listener, with `tls.cert` / `tls.key`.
     pub tls: bool,
+}
+
+/// The NATS bridge (SPEC §2.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSection {
+    /// The NATS server (or comma-separated servers); unset or empty turns the bridge off.
+    pub url: Option<String>,
+    /// The first subject token(s): `<prefix>.connect`, `<prefix>.dispatch`,
+    /// `<prefix>.session.<id>`.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -189,6 +203,7 @@ impl Default for Config {
             listen: "[::]:4000".to_owned(),
             tls: TlsSection::default(),
             tcp: TcpSection::default(),
+            nats: NatsSection::default(),
             ws: WsConfig::default(),
             auth: AuthConfig::default(),
             gateway: GatewayConfig::default(),
@@ -247,6 +262,22 @@ impl Default for TcpSection {
             listen: "[::]:4001".to_owned(),
             tls: false,
         }
+    }
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: None,
+            prefix: "ganglion".to_owned(),
+        }
+    }
+}
+
+impl NatsSection {
+    /// The configured URL, when the bridge is on.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref().map(str::trim).filter(|u| !u.is_empty())
     }
 }
 

@@ -40,6 +40,14 @@ pub enum StartError {
         "cannot listen on {addr}: {source} (is another process using the port? set `listen` or PORT)"
     )]
     Bind { addr: SocketAddr, source: io::Error },
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] ganglion_transports::nats::BridgeError),
+    #[cfg(not(feature = "nats"))]
+    #[error(
+        "nats.url is set, but this build has no NATS bridge (built without the `nats` feature)"
+    )]
+    NatsNotBuilt,
 }
 
 /// A running node.
@@ -48,6 +56,9 @@ pub struct Gateway {
     tcp_addr: Option<SocketAddr>,
     /// Accepts raw TCP connections until the node drains.
     tcp_acceptor: Option<JoinHandle<()>>,
+    /// The NATS bridge, when `nats.url` is set; it stops accepting when the node drains.
+    #[cfg(feature = "nats")]
+    nats: Option<ganglion_transports::nats::Bridge>,
     router: Arc<Router>,
     health: Arc<Health>,
     /// Cancelled to drain: every session says goodbye.
@@ -139,6 +150,36 @@ impl Gateway {
             config: Arc::new(config.session()),
             shutdown: sessions_shutdown.clone(),
         };
+        // The NATS bridge (SPEC §2.3) starts before anything accepts connections, so a NATS
+        // that cannot be reached stops the start-up with nothing left running.
+        #[cfg(feature = "nats")]
+        let nats = match config.nats.url() {
+            None => None,
+            Some(url) => {
+                let bridge = ganglion_transports::nats::Bridge::start(
+                    ganglion_transports::nats::BridgeConfig {
+                        url: url.to_owned(),
+                        prefix: config.nats.prefix.clone(),
+                        name: format!("ganglion {node_id}"),
+                    },
+                    session.clone(),
+                    sessions.clone(),
+                )
+                .await;
+                match bridge {
+                    Ok(bridge) => Some(bridge),
+                    Err(error) => {
+                        http_shutdown.cancel();
+                        return Err(error.into());
+                    }
+                }
+            }
+        };
+        #[cfg(not(feature = "nats"))]
+        if config.nats.url().is_some() {
+            http_shutdown.cancel();
+            return Err(StartError::NatsNotBuilt);
+        }
         let tcp_acceptor = tcp_listener.map(|listener| {
             spawn_tcp_acceptor(listener, tcp_tls, session.clone(), sessions.clone())
         });
@@ -195,6 +236,8 @@ impl Gateway {
             http_addr,
             tcp_addr,
             tcp_acceptor,
+            #[cfg(feature = "nats")]
+            nats,
             router,
             health,
             sessions_shutdown,
@@ -220,6 +263,18 @@ impl Gateway {
         &self.router
     }
 
+    /// Whether the NATS bridge's connection is up; `None` when the bridge is off.
+    #[cfg(feature = "nats")]
+    pub fn nats_connected(&self) -> Option<bool> {
+        self.nats.as_ref().map(|bridge| bridge.is_connected())
+    }
+
+    /// Whether the NATS bridge's connection is up; `None` when the bridge is off.
+    #[cfg(not(feature = "nats"))]
+    pub fn nats_connected(&self) -> Option<bool> {
+        None
+    }
+
     /// Drains the node (SPEC §10.8): readiness turns 503, new websockets are refused, every
     /// client gets op 7 `draining` and close 1001, then the HTTP server stops.
     pub async fn drain(mut self) {
@@ -230,6 +285,12 @@ impl Gateway {
         if let Some(acceptor) = self.tcp_acceptor.take() {
             let _ = acceptor.await;
         }
+        // Nor bridge sessions: the bridge leaves the NATS queue group, so the other nodes
+        // answer connect requests and injections.
+        #[cfg(feature = "nats")]
+        if let Some(bridge) = self.nats.as_mut() {
+            bridge.stopped().await;
+        }
         self.sessions.close();
         // Each session flushes its goodbye and waits at most `close_timeout` for the peer.
         let bound = self.close_timeout * 2 + Duration::from_secs(1);
@@ -238,6 +299,11 @@ impl Gateway {
             .is_err()
         {
             tracing::warn!("some connections did not close in time; exiting anyway");
+        }
+        // The goodbyes published to NATS inboxes reach the NATS server.
+        #[cfg(feature = "nats")]
+        if let Some(bridge) = self.nats.take() {
+            bridge.close(self.close_timeout).await;
         }
         // Every queue change made so far reaches the disk before the process goes.
         self.router.queues().flush().await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ganglion_codecs::FrameKind;
 use ganglion_core::error::close_code;
-use ganglion_core::{Conn, Envelope, Fatal, Inbound, Outcome, Router};
+use ganglion_core::{Conn, Envelope, Fatal, Inbound, OutFrame, Outcome, Router};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -105,9 +105,29 @@ pub async fn run<R, W, S>(
     S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
     S::Future: Send,
 {
+    let hello = ctx.router.hello();
+    run_with_hello(conn, mailbox, inbound, outbound, accepted, ctx, hello).await;
+}
+
+/// [`run`] with the transport's own hello as the first frame (the NATS bridge adds the
+/// session id to it, SPEC §2.3).
+pub async fn run_with_hello<R, W, S>(
+    conn: Arc<Conn>,
+    mailbox: Arc<Mailbox>,
+    inbound: R,
+    outbound: W,
+    accepted: Instant,
+    ctx: SessionContext<S>,
+    hello: OutFrame,
+) where
+    R: Stream<Item = WireIn> + Unpin + Send,
+    W: Sink<WireOut> + Unpin + Send + 'static,
+    S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
+    S::Future: Send,
+{
     let writer = tokio::spawn(write_loop(mailbox.clone(), outbound));
     let close_timeout = ctx.config.close_timeout;
-    read_loop(conn, mailbox, inbound, accepted, ctx).await;
+    read_loop(conn, mailbox, inbound, accepted, ctx, hello).await;
     // The writer ends after the final frame and close, or when the connection breaks; a peer
     // that stopped reading must not hold the task forever.
     let abort = writer.abort_handle();
@@ -122,6 +142,7 @@ async fn read_loop<R, S>(
     mut inbound: R,
     accepted: Instant,
     ctx: SessionContext<S>,
+    hello: OutFrame,
 ) where
     R: Stream<Item = WireIn> + Unpin,
     S: Service<Inbound, Response = Outcome, Error = Infallible>,
@@ -132,7 +153,7 @@ async fn read_loop<R, S>(
         config,
         shutdown,
     } = ctx;
-    conn.send(router.hello());
+    conn.send(hello);
     let mut identified = false;
     // The completion of the last pipelined frame, and how many are outstanding.
     let mut pending = None;

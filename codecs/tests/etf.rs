@@ -1135,3 +1135,48 @@ proptest! {
         let _ = etf(&bytes[..cut.index(bytes.len())]);
     }
 }
+
+#[test]
+fn the_fuzzing_seeds_decode_and_the_compressed_seed_equals_the_plain_one() {
+    let hello: &[u8] = include_bytes!("../fuzz/seeds/etf_decode/hello");
+    let identify: &[u8] = include_bytes!("../fuzz/seeds/etf_decode/identify");
+    let send: &[u8] = include_bytes!("../fuzz/seeds/etf_decode/send");
+    let compressed: &[u8] = include_bytes!("../fuzz/seeds/etf_decode/send_compressed");
+    assert!(etf(hello).is_ok());
+    assert!(etf(identify).is_ok());
+    let send = etf(send).expect("the SEND seed decodes");
+    assert_eq!(etf(compressed), Ok(send.clone()));
+    let payload = &send.as_object().expect("object")["d"]
+        .as_object()
+        .expect("d")["payload"];
+    assert_eq!(
+        payload,
+        &obj([
+            ("n", Value::Int(1)),
+            ("i", Value::Int(-70_000)),
+            ("b", Value::UInt(u64::MAX)),
+            ("m", Value::Int(i64::MIN)),
+            ("f", Value::Float(1.5)),
+            ("s", Value::from("héllo")),
+            ("a", Value::from("ok")),
+            ("t", Value::Array(vec![Value::from("error"), Value::Int(7)])),
+            (
+                "str",
+                Value::Array(vec![Value::Int(97), Value::Int(98), Value::Int(99)])
+            ),
+            (
+                "l",
+                Value::Array(vec![
+                    Value::Null,
+                    Value::Bool(true),
+                    Value::Bool(false),
+                    Value::Array(vec![])
+                ])
+            ),
+            ("old", Value::Float(1.5)),
+            ("lt", Value::Array(vec![Value::Int(2)])),
+            ("la", Value::Null),
+            ("u", Value::from("")),
+        ])
+    );
+}

@@ -175,10 +175,12 @@ async fn read_loop<R, S>(
             }
             item = inbound.next() => {
                 let envelope = match item.unwrap_or(WireIn::Gone) {
-                    WireIn::Frame { bytes, kind } => match decode(&conn, &bytes, kind) {
-                        Ok(envelope) => envelope,
-                        Err(fatal) => break End::Fatal(fatal),
-                    },
+                    WireIn::Frame { bytes, kind } => {
+                        match decode(&conn, &bytes, kind, config.max_frame_bytes) {
+                            Ok(envelope) => envelope,
+                            Err(fatal) => break End::Fatal(fatal),
+                        }
+                    }
                     WireIn::TooLarge => break End::Fatal(Fatal::TooLarge {
                         limit: config.max_frame_bytes,
                     }),
@@ -258,7 +260,13 @@ async fn read_loop<R, S>(
 }
 
 /// Checks the frame kind and decodes one frame into an envelope.
-fn decode(conn: &Conn, bytes: &[u8], kind: Option<FrameKind>) -> Result<Envelope, Fatal> {
+/// `max_frame_bytes` also bounds what a compressed (ETF) frame may inflate to.
+fn decode(
+    conn: &Conn,
+    bytes: &[u8],
+    kind: Option<FrameKind>,
+    max_frame_bytes: usize,
+) -> Result<Envelope, Fatal> {
     if let Some(kind) = kind
         && kind != ganglion_codecs::frame_kind(conn.encoding)
     {
@@ -270,7 +278,7 @@ fn decode(conn: &Conn, bytes: &[u8], kind: Option<FrameKind>) -> Result<Envelope
             encoding: conn.encoding,
         });
     }
-    let value = ganglion_codecs::decode(conn.encoding, bytes)
+    let value = ganglion_codecs::decode_limited(conn.encoding, bytes, max_frame_bytes)
         .map_err(|e| Fatal::Decode(Some(e.to_string())))?;
     Envelope::from_value(value)
 }

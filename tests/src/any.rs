@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::nats::NatsClient;
 use crate::tcp::TcpClient;
 use crate::{Client, Enc, TestGateway};
 
@@ -12,20 +13,34 @@ pub enum Kind {
     WsMsgpack,
     TcpJson,
     TcpMsgpack,
+    /// A NATS bridge session (the node must be started with NATS).
+    NatsJson,
+    NatsMsgpack,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::WsJson,
         Kind::WsMsgpack,
         Kind::TcpJson,
         Kind::TcpMsgpack,
+        Kind::NatsJson,
+        Kind::NatsMsgpack,
     ];
 
     pub fn encoding(self) -> Enc {
         match self {
-            Kind::WsJson | Kind::TcpJson => Enc::Json,
-            Kind::WsMsgpack | Kind::TcpMsgpack => Enc::Msgpack,
+            Kind::WsJson | Kind::TcpJson | Kind::NatsJson => Enc::Json,
+            Kind::WsMsgpack | Kind::TcpMsgpack | Kind::NatsMsgpack => Enc::Msgpack,
+        }
+    }
+
+    /// The `ip` a client of this kind gets when it does not advertise one (SPEC §4.3): its
+    /// loopback peer address, or null for a NATS session, which has none (SPEC §2.3).
+    pub fn default_ip(self) -> Value {
+        match self {
+            Kind::NatsJson | Kind::NatsMsgpack => Value::Null,
+            _ => json!("127.0.0.1"),
         }
     }
 
@@ -36,6 +51,8 @@ impl Kind {
             Kind::WsMsgpack => "ws-msgpack",
             Kind::TcpJson => "tcp-json",
             Kind::TcpMsgpack => "tcp-msgpack",
+            Kind::NatsJson => "nats-json",
+            Kind::NatsMsgpack => "nats-msgpack",
         }
     }
 }
@@ -44,6 +61,7 @@ impl Kind {
 pub enum AnyClient {
     Ws(Box<Client>),
     Tcp(TcpClient),
+    Nats(Box<NatsClient>),
 }
 
 impl AnyClient {
@@ -51,6 +69,7 @@ impl AnyClient {
         match self {
             AnyClient::Ws(c) => c.send(frame).await,
             AnyClient::Tcp(c) => c.send(frame).await,
+            AnyClient::Nats(c) => c.send(frame).await,
         }
     }
 
@@ -58,6 +77,7 @@ impl AnyClient {
         match self {
             AnyClient::Ws(c) => c.recv().await,
             AnyClient::Tcp(c) => c.recv().await,
+            AnyClient::Nats(c) => c.recv().await,
         }
     }
 
@@ -69,6 +89,7 @@ impl AnyClient {
         match self {
             AnyClient::Ws(c) => c.sync().await,
             AnyClient::Tcp(c) => c.sync().await,
+            AnyClient::Nats(c) => c.sync().await,
         }
     }
 
@@ -85,11 +106,13 @@ impl AnyClient {
     }
 
     /// Expects op 8 `error` and the end of the connection (with close `ws_code` on a
-    /// websocket; TCP has no codes). Returns the op 8 `d`.
+    /// websocket; TCP and NATS have no codes, a NATS session's end is the bridge no longer
+    /// listening on its subject). Returns the op 8 `d`.
     pub async fn expect_fatal(&mut self, error: &str, ws_code: u16) -> Value {
         match self {
             AnyClient::Ws(c) => c.expect_fatal(error, ws_code).await,
             AnyClient::Tcp(c) => c.expect_fatal(error).await,
+            AnyClient::Nats(c) => c.expect_fatal(error).await,
         }
     }
 
@@ -97,6 +120,7 @@ impl AnyClient {
         match self {
             AnyClient::Ws(c) => (*c).close().await,
             AnyClient::Tcp(c) => c.close().await,
+            AnyClient::Nats(c) => c.close().await,
         }
     }
 }
@@ -113,6 +137,10 @@ impl TestGateway {
                 let addr = self.tcp_addr.expect("the TCP listener is on");
                 let (client, hello) = TcpClient::connect(addr, kind.encoding()).await;
                 (AnyClient::Tcp(client), hello)
+            }
+            Kind::NatsJson | Kind::NatsMsgpack => {
+                let (client, hello) = self.connect_nats(kind.encoding()).await;
+                (AnyClient::Nats(Box::new(client)), hello)
             }
         }
     }

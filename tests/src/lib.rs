@@ -11,9 +11,11 @@
 
 pub mod any;
 pub mod assert;
+pub mod nats;
 pub mod tcp;
 
 pub use any::{AnyClient, Kind};
+pub use nats::{NatsClient, NatsServer};
 pub use tcp::TcpClient;
 
 use std::collections::HashMap;
@@ -61,6 +63,10 @@ pub struct TestGateway {
     /// The raw TCP listener (on by default in tests, on an ephemeral port).
     pub tcp_addr: Option<SocketAddr>,
     pub data_dir: std::path::PathBuf,
+    /// The NATS server the bridge is connected to, when started with one.
+    pub nats: Option<NatsServer>,
+    /// `nats.prefix` as configured.
+    pub nats_prefix: String,
 }
 
 impl Drop for TestGateway {
@@ -100,6 +106,7 @@ impl TestGateway {
         config.tcp.listen = "127.0.0.1:0".to_owned();
         adjust(&mut config);
         let data_dir = config.queue.data_dir.clone();
+        let nats_prefix = config.nats.prefix.clone();
         let gateway = Gateway::start(config, &HashMap::new())
             .await
             .expect("the test node starts");
@@ -108,7 +115,60 @@ impl TestGateway {
             tcp_addr: gateway.tcp_addr(),
             gateway: Some(gateway),
             data_dir,
+            nats: None,
+            nats_prefix,
         }
+    }
+
+    /// A node with the NATS bridge on, connected to a `nats-server` of its own.
+    pub async fn start_with_nats(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        TestGateway::start_with_nats_server(NatsServer::start().await, adjust).await
+    }
+
+    /// A node with the NATS bridge on, connected to `server` (kept with the node).
+    pub async fn start_with_nats_server(
+        server: NatsServer,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestGateway {
+        let url = server.url();
+        let mut gw = TestGateway::start_with(|config| {
+            config.nats.url = Some(url);
+            adjust(config);
+        })
+        .await;
+        gw.nats = Some(server);
+        gw
+    }
+
+    /// The NATS server of a node started with one.
+    pub fn nats_server(&self) -> &NatsServer {
+        self.nats.as_ref().expect("the node was started with NATS")
+    }
+
+    /// Opens a bridge session and reads the hello.
+    pub async fn connect_nats(&self, encoding: Enc) -> (NatsClient, Value) {
+        NatsClient::connect(&self.nats_server().url(), &self.nats_prefix, encoding).await
+    }
+
+    /// Opens a bridge session and identifies `application_id/client_id`.
+    pub async fn identify_nats(
+        &self,
+        encoding: Enc,
+        application_id: &str,
+        client_id: &str,
+    ) -> NatsClient {
+        NatsClient::identify_with(
+            &self.nats_server().url(),
+            &self.nats_prefix,
+            encoding,
+            json!({"application_id": application_id, "client_id": client_id}),
+        )
+        .await
+    }
+
+    /// Whether the bridge's NATS connection is up (`None` when the bridge is off).
+    pub fn nats_connected(&self) -> Option<bool> {
+        self.gateway.as_ref().and_then(Gateway::nats_connected)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,8 +1,14 @@
 //! The same conformance scenarios on every transport and encoding, and messages crossing
-//! between them: a TCP client sends, websocket clients receive, and every other pairing.
+//! between them: a TCP client sends, websocket clients and NATS services receive, and every
+//! other pairing. Every node here runs the NATS bridge, against a `nats-server` of its own.
 
 use ganglion_tests::{AnyClient, Kind, TestGateway, meta};
 use serde_json::{Value, json};
+
+/// A node with every transport on: websocket, raw TCP and the NATS bridge.
+async fn start() -> TestGateway {
+    TestGateway::start_with_nats(|_| {}).await
+}
 
 /// One identified client of every kind, all in application `app`, each with metadata
 /// `kind = <kind name>`.
@@ -27,7 +33,8 @@ fn to_kind(app: &str, kind: Kind) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_identifies_and_reports_its_encoding_and_peer_address() {
-    let gw = TestGateway::start().await;
+    // A NATS session has no peer address: its `ip` is null unless identify names one.
+    let gw = start().await;
     let _clients = one_of_each(&gw, "enc").await;
     for kind in Kind::ALL {
         let found = gw
@@ -35,15 +42,15 @@ async fn every_transport_identifies_and_reports_its_encoding_and_peer_address() 
             .await;
         assert_eq!(found.len(), 1, "{kind:?}");
         assert_eq!(found[0]["metadata"]["encoding"], kind.encoding().name());
-        assert_eq!(found[0]["metadata"]["ip"], "127.0.0.1");
-        assert_eq!(found[0]["socket_ip"], "127.0.0.1");
+        assert_eq!(found[0]["metadata"]["ip"], kind.default_ip(), "{kind:?}");
+        assert_eq!(found[0]["socket_ip"], kind.default_ip(), "{kind:?}");
         assert_eq!(found[0]["client_id"], kind.name());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_from_every_transport_reaches_every_transport() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     let mut clients = one_of_each(&gw, "mesh").await;
     for from in 0..clients.len() {
         for to_index in 0..clients.len() {
@@ -76,7 +83,7 @@ async fn a_send_from_every_transport_reaches_every_transport() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_from_any_transport_reaches_each_transport_once() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     let mut clients = one_of_each(&gw, "bcast").await;
     for from in 0..clients.len() {
         let nonce = clients[from].0.name();
@@ -102,7 +109,7 @@ async fn a_broadcast_from_any_transport_reaches_each_transport_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metadata_update_on_one_transport_routes_the_next_send_from_another() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     let mut clients = one_of_each(&gw, "meta").await;
     for target in 0..clients.len() {
         let marker = format!("m{target}");
@@ -126,7 +133,7 @@ async fn a_metadata_update_on_one_transport_routes_the_next_send_from_another() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_nodes_from_every_transport_lists_clients_of_every_transport() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     let mut clients = one_of_each(&gw, "qn").await;
     for (kind, client) in &mut clients {
         client
@@ -153,7 +160,7 @@ async fn query_nodes_from_every_transport_lists_clients_of_every_transport() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_the_same_on_every_transport() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     for kind in Kind::ALL {
         let app = format!("err-{}", kind.name());
         let mut client = gw.identify_any(kind, &app, "c").await;
@@ -211,7 +218,7 @@ async fn errors_are_the_same_on_every_transport() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_crosses_transports() {
-    let gw = TestGateway::start().await;
+    let gw = start().await;
     let mut clients = one_of_each(&gw, "q").await;
     // Each kind produces one message for the next kind.
     for from in 0..clients.len() {

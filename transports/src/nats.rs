@@ -440,7 +440,9 @@ struct Signals {
 }
 
 /// The session subject as the session loop's inbound stream. An empty message is the client
-/// closing; the stream ends (and the subject is unsubscribed) once the final frame is out.
+/// closing. The subject is unsubscribed once the session no longer needs it: after the final
+/// frame is out, or after the client's close was handed to the session (which has cleaned up
+/// by the time it reads on); the stream then ends.
 fn session_inbound(
     subscriber: Subscriber,
     limit: usize,
@@ -451,45 +453,49 @@ fn session_inbound(
         limit: usize,
         signals: Signals,
         too_large_reported: bool,
+        peer_closed: bool,
     }
     let state = State {
         subscriber: Some(subscriber),
         limit,
         signals,
         too_large_reported: false,
+        peer_closed: false,
     };
     Box::pin(stream::unfold(state, |mut state| async move {
-        let subscriber = state.subscriber.as_mut()?;
-        let message = tokio::select! {
-            biased;
-            () = state.signals.finished.cancelled() => None,
-            () = state.signals.too_large.cancelled(), if !state.too_large_reported => {
-                state.too_large_reported = true;
-                return Some((WireIn::TooLarge, state));
+        let mut subscriber = state.subscriber.take()?;
+        let message = if state.peer_closed {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                () = state.signals.finished.cancelled() => None,
+                () = state.signals.too_large.cancelled(), if !state.too_large_reported => {
+                    state.too_large_reported = true;
+                    state.subscriber = Some(subscriber);
+                    return Some((WireIn::TooLarge, state));
+                }
+                message = subscriber.next() => message,
             }
-            message = subscriber.next() => message,
         };
         let item = match message {
-            Some(message) if message.payload.is_empty() => WireIn::Closed,
+            Some(message) if message.payload.is_empty() => {
+                state.peer_closed = true;
+                WireIn::Closed
+            }
             Some(message) if message.payload.len() > state.limit => WireIn::TooLarge,
             Some(message) => WireIn::Frame {
                 bytes: message.payload,
                 kind: None,
             },
-            None => WireIn::Gone,
+            None => {
+                // Later messages to the subject are dropped by NATS.
+                let _ = subscriber.unsubscribe().await;
+                return None;
+            }
         };
-        if matches!(item, WireIn::Frame { .. } | WireIn::TooLarge) {
-            return Some((item, state));
-        }
-        // Finished, closed by the client, or the subscription is gone: stop listening; later
-        // messages to the subject are dropped by NATS.
-        if let Some(mut subscriber) = state.subscriber.take() {
-            let _ = subscriber.unsubscribe().await;
-        }
-        match item {
-            WireIn::Closed => Some((item, state)),
-            _ => None,
-        }
+        state.subscriber = Some(subscriber);
+        Some((item, state))
     }))
 }
 

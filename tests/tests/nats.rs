@@ -1090,3 +1090,70 @@ async fn a_node_whose_nats_is_unreachable_does_not_start_and_says_where_it_looke
     let gw = TestGateway::start().await;
     assert_eq!(gw.nats_connected(), None);
 }
+
+/// The deployment SPEC §2.3 asks for: `<prefix>.>` restricted with NATS permissions. ganglion
+/// alone listens on its subjects; a service may only publish to them and read its own inboxes.
+const PERMISSIONS: &str = r#"
+authorization {
+  users = [
+    { user: ganglion, password: "gang%l1on",
+      permissions: { subscribe: "ganglion.>", publish: ">" } }
+    { user: billing, password: "b1lling",
+      permissions: { publish: ["ganglion.connect", "ganglion.session.*", "ganglion.dispatch"],
+                     subscribe: "_INBOX_billing.>" } }
+  ]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_logs_in_with_the_credentials_of_its_url_and_works_under_permissions() {
+    let server = NatsServer::start_with_config(PERMISSIONS).await;
+    let port = server.port;
+    // A wrong password stops the start-up, without the password in the error.
+    let mut config = Config {
+        listen: "127.0.0.1:0".to_owned(),
+        ..Config::default()
+    };
+    config.tcp.listen = String::new();
+    config.queue.store = ganglion_gateway::config::StoreKind::Memory;
+    config.nats.url = Some(format!("nats://ganglion:wrong@127.0.0.1:{port}"));
+    let error = match Gateway::start(config, &HashMap::new()).await {
+        Ok(_) => panic!("a node started with a wrong NATS password"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.starts_with(&format!(
+            "cannot connect to NATS at nats://***@127.0.0.1:{port}: "
+        )),
+        "{error}"
+    );
+    assert!(!error.contains("wrong"), "{error}");
+    // The right one, escaped in the URL as URLs require.
+    let gw = TestGateway::start_with_nats_server(server, |c| {
+        c.nats.url = Some(format!("nats://ganglion:gang%25l1on@127.0.0.1:{port}"));
+    })
+    .await;
+    let billing = timeout(
+        patience(),
+        async_nats::ConnectOptions::with_user_and_password("billing".into(), "b1lling".into())
+            .custom_inbox_prefix("_INBOX_billing")
+            .connect(format!("nats://127.0.0.1:{port}")),
+    )
+    .await
+    .unwrap()
+    .expect("billing connects");
+    let (mut client, _) = NatsClient::open(billing.clone(), PREFIX, Enc::Json).await;
+    client
+        .send(json!({"op": 1, "d": {"application_id": "billing", "client_id": "b1"}}))
+        .await;
+    assert_eq!(client.recv().await["op"], 2);
+    let answer = inject(
+        &billing,
+        PREFIX,
+        body(json!({"t": "SEND", "d": {"target": {"application": "billing"}, "payload": 1}})),
+    )
+    .await;
+    expect_result(&answer, "SEND", Value::Null, 1);
+    assert_eq!(client.recv().await["d"]["payload"], 1);
+    client.expect_nothing().await;
+}

@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use async_nats::client::PublishErrorKind;
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions, Event, HeaderMap, Message, Subject, Subscriber};
+use async_nats::{
+    Client, ConnectOptions, Event, HeaderMap, Message, ServerAddr, Subject, Subscriber,
+};
 use futures_util::{Sink, Stream, StreamExt, sink, stream};
 use ganglion_codecs::{Codec, Json};
 use ganglion_core::frame::op;
@@ -127,17 +129,20 @@ impl Bridge {
             return Err(BridgeError::Prefix(config.prefix));
         }
         let shown = redact(&config.url);
-        let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
-        for server in &servers {
-            if let Err(error) = server.parse::<async_nats::ServerAddr>() {
-                return Err(BridgeError::Url {
-                    url: shown,
-                    detail: error.to_string(),
-                });
+        let mut servers = Vec::new();
+        for server in config.url.split(',').map(str::trim) {
+            match server.parse::<ServerAddr>() {
+                Ok(server) => servers.push(server),
+                Err(error) => {
+                    return Err(BridgeError::Url {
+                        url: shown,
+                        detail: error.to_string(),
+                    });
+                }
             }
         }
         let events_url = shown.clone();
-        let client = ConnectOptions::new()
+        let client = with_credentials(ConnectOptions::new(), &servers)
             .name(&config.name)
             .connection_timeout(CONNECT_TIMEOUT)
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
@@ -213,6 +218,46 @@ impl Bridge {
             tracing::warn!("NATS bridge: the last frames may not have reached NATS");
         }
     }
+}
+
+/// The NATS client reads no credentials from URLs: `user:password@` (or a lone `token@`) of
+/// the first URL that has them becomes the connection's authentication.
+fn with_credentials(options: ConnectOptions, servers: &[ServerAddr]) -> ConnectOptions {
+    let Some(server) = servers.iter().find(|s| s.has_user_pass()) else {
+        return options;
+    };
+    match (server.username(), server.password()) {
+        (Some(user), Some(password)) => {
+            options.user_and_password(percent_decode(user), percent_decode(password))
+        }
+        (Some(token), None) => options.token(percent_decode(token)),
+        _ => options,
+    }
+}
+
+/// Undoes a URL's `%XX` escapes (a password with `@` or `:` in it is written escaped).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn log_event(url: &str, event: Event) {
@@ -745,6 +790,15 @@ mod tests {
                 .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn escapes_in_url_credentials_are_undone() {
+        assert_eq!(percent_decode("p%40ss%3Aword"), "p@ss:word");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%C3%A9"), "é");
     }
 
     #[test]

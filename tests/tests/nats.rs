@@ -1156,4 +1156,5 @@ async fn the_bridge_logs_in_with_the_credentials_of_its_url_and_works_under_perm
     expect_result(&answer, "SEND", Value::Null, 1);
     assert_eq!(client.recv().await["d"]["payload"], 1);
     client.expect_nothing().await;
+    assert_eq!(gw.nats_connected(), Some(true));
 }

@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn the_nats_bridge_is_off_until_a_url_is_set() {
+        let config = Config::load(&HashMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config.nats.url(), None);
+        assert_eq!(config.nats.prefix, "ganglion");
+        let config = Config::load(
+            &env(&[
+                ("GANGLION_NATS__URL", "nats://a:4222,nats://b:4222"),
+                ("GANGLION_NATS__PREFIX", "prod.ganglion"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.nats.url(), Some("nats://a:4222,nats://b:4222"));
+        assert_eq!(config.nats.prefix, "prod.ganglion");
+        let blank = Overrides {
+            settings: vec!["nats.url=".into()],
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Config::load(&HashMap::new(), &blank).unwrap().nats.url(),
+            None
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_name() {
         let err = Config::load(
             &env(&[("GANGLION_GATEWAY__NOPE", "1")]),

@@ -1,0 +1,141 @@
+//! Dispatches (SPEC §7): UPDATE_METADATA, SEND, BROADCAST, QUERY_NODES, and the hand-off
+//! of queue events to [`queue`](super::queue).
+
+use std::sync::Arc;
+
+use crate::envelope::Envelope;
+use crate::error::Invalid;
+use crate::frame::{Out, OutFrame, Outgoing};
+use crate::query::Query;
+use crate::registry::Recipients;
+use crate::session::{Conn, Identity, Outbox};
+use crate::value::Value;
+
+use super::{Outcome, Router, invalid_payload};
+
+impl Router {
+    // --- dispatch ---
+
+    pub(super) fn dispatch(&self, conn: &Conn, identity: &Identity, envelope: Envelope) -> Outcome {
+        let t = envelope.event_name().unwrap_or_default().to_owned();
+        if identity.restricted && t != "UPDATE_METADATA" {
+            conn.send(Invalid::Restricted { t }.to_frame());
+            return Outcome::Continue;
+        }
+        let result = match t.as_str() {
+            "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope),
+            "SEND" => self.route("SEND", Recipients::One, envelope).map(drop),
+            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope).map(drop),
+            "QUERY_NODES" => self.query_nodes(conn, envelope),
+            "QUEUE" => return self.queue_push(conn, envelope),
+            "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope),
+            "QUEUE_REQUEST_CANCEL" => self.queue_cancel(conn, envelope),
+            "QUEUE_ACK" => self.queue_ack(identity, envelope),
+            _ => Err(invalid_payload(envelope)),
+        };
+        if let Err(invalid) = result {
+            tracing::debug!(error = %invalid, t = %t, "dispatch refused");
+            conn.send(invalid.to_frame());
+        }
+        Outcome::Continue
+    }
+
+    pub(super) fn update_metadata(
+        &self,
+        conn: &Conn,
+        identity: &Identity,
+        envelope: Envelope,
+    ) -> Result<(), Invalid> {
+        let Value::Object(update) = &envelope.d else {
+            return Err(invalid_payload(envelope));
+        };
+        let limits = &self.config.metadata;
+        self.registry
+            .write()
+            .update_metadata(identity.slot, |current| current.prepare(update, limits))
+            .map_err(Invalid::Metadata)?;
+        self.queues.metadata_changed(conn.id);
+        Ok(())
+    }
+
+    /// SEND and BROADCAST (SPEC §7.3, §7.4). Returns how many clients the message was handed
+    /// to: 0 only when a droppable query matched nobody.
+    pub(super) fn route(
+        &self,
+        t: &'static str,
+        wanted: Recipients,
+        envelope: Envelope,
+    ) -> Result<usize, Invalid> {
+        let well_formed = envelope
+            .d
+            .as_object()
+            .is_some_and(|d| d.contains_key("target") && d.contains_key("payload"));
+        if !well_formed {
+            return Err(invalid_payload(envelope));
+        }
+        let Value::Object(mut d) = envelope.d else {
+            return Err(Invalid::DispatchPayload {
+                t: envelope.t,
+                ts: envelope.ts,
+                d: Value::Null,
+            });
+        };
+        let nonce = d.remove("nonce").unwrap_or(Value::Null);
+        let target = d.remove("target").unwrap_or(Value::Null);
+        let payload = d.remove("payload").unwrap_or(Value::Null);
+        let query = match Query::parse(&target, self.config.query) {
+            Ok(query) => query,
+            Err(e) => {
+                return Err(Invalid::Query {
+                    reason: e.reason,
+                    nonce,
+                });
+            }
+        };
+        let outboxes: Vec<Arc<dyn Outbox>> = {
+            let registry = self.registry.read();
+            let matched = registry.match_set(&query);
+            registry
+                .recipients(&query, matched, wanted)
+                .into_iter()
+                .filter_map(|slot| registry.get(slot).map(|r| r.outbox.clone()))
+                .collect()
+        };
+        if outboxes.is_empty() {
+            if query.droppable {
+                return Ok(0);
+            }
+            return Err(Invalid::NoRoute { t, nonce, target });
+        }
+        let frame = Arc::new(Outgoing::new(OutFrame::delivery(
+            t,
+            Out::Value(nonce),
+            Out::Value(payload),
+        )));
+        for outbox in &outboxes {
+            outbox.push(&frame);
+        }
+        Ok(outboxes.len())
+    }
+
+    /// QUERY_NODES (SPEC §7.5).
+    pub(super) fn query_nodes(&self, conn: &Conn, envelope: Envelope) -> Result<(), Invalid> {
+        let nonce = match &envelope.d {
+            Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        let query = Query::parse(&envelope.d, self.config.query).map_err(|e| Invalid::Query {
+            reason: e.reason,
+            nonce: nonce.clone(),
+        })?;
+        let nodes = self.query_clients(&query);
+        conn.send(OutFrame::dispatch(
+            "QUERY_NODES",
+            Out::Map(vec![
+                ("nonce", Out::Value(nonce)),
+                ("nodes", Out::List(nodes)),
+            ]),
+        ));
+        Ok(())
+    }
+}

@@ -29,7 +29,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use self::connect::{GuardedConnector, TargetNotAllowed, tls_config};
 use self::guard::{Guard, InvalidCidr};
@@ -102,11 +102,16 @@ impl Proxy {
     /// until the total timeout, after which it is cut off.
     pub async fn forward(&self, mut request: Request<Body>) -> Result<Response<Body>, ProxyError> {
         *request.version_mut() = Version::HTTP_11;
-        let deadline = Instant::now() + self.total_timeout;
-        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(classify(&error)),
-            Err(_) => {
+        // One timer for the whole exchange: it bounds the wait for the response head, then
+        // travels with the body.
+        let mut deadline = Box::pin(tokio::time::sleep(self.total_timeout));
+        let response = tokio::select! {
+            biased;
+            response = self.client.request(request) => match response {
+                Ok(response) => response,
+                Err(error) => return Err(classify(&error)),
+            },
+            () = deadline.as_mut() => {
                 return Err(ProxyError::Timeout(format!(
                     "no response within {} ms",
                     self.total_timeout.as_millis()
@@ -119,7 +124,7 @@ impl Proxy {
         parts.extensions = http::Extensions::new();
         let body = Body::new(DeadlineBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
         });
         Ok(Response::from_parts(parts, body))
     }

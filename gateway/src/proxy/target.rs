@@ -36,24 +36,28 @@ pub fn base_url(address: &str) -> String {
 /// be an absolute `http`/`https` URL whose host is the base's.
 pub fn target_url(address: &str, route: &str) -> Result<Uri, InvalidTarget> {
     let base = base_url(address);
-    let base_host = host_of(&base).ok_or(InvalidTarget)?;
-    let joined = format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        route.trim_start_matches('/')
-    );
+    let base = base.trim_end_matches('/');
+    let route = route.trim_start_matches('/');
+    let mut joined = String::with_capacity(base.len() + 1 + route.len());
+    joined.push_str(base);
+    joined.push('/');
+    joined.push_str(route);
     let uri: Uri = joined.parse().map_err(|_| InvalidTarget)?;
     let scheme_ok = uri.scheme() == Some(&Scheme::HTTP) || uri.scheme() == Some(&Scheme::HTTPS);
-    if !scheme_ok || uri.host().is_none_or(|h| h.is_empty()) || uri.host() != Some(&base_host) {
+    // The joined URL starts with the base, so its host is the base's exactly when its
+    // authority is the base's: everything after `://` up to the first `/`, `?` or `#`.
+    let after_scheme = base.split_once("://").map_or("", |(_, rest)| rest);
+    let base_authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let same_host = uri
+        .authority()
+        .is_some_and(|a| a.as_str() == base_authority && !a.host().is_empty());
+    if !scheme_ok || !same_host {
         return Err(InvalidTarget);
     }
     Ok(uri)
-}
-
-/// The host of a base URL, when it parses.
-fn host_of(base: &str) -> Option<String> {
-    let uri: Uri = base.parse().ok()?;
-    uri.host().map(str::to_owned)
 }
 
 #[cfg(test)]

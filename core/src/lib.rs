@@ -13,6 +13,7 @@
 //! - [`router`]: identify, heartbeats and dispatch, as a `tower::Service`;
 //! - [`session`]: a connection as the router sees it, and the `Outbox` it pushes into;
 //! - [`auth`]: the shared password and the failed-auth limit;
+//! - [`telemetry`]: bounded label values for metrics;
 //! - [`clock`]: wall-clock timestamps.
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod registry;
 pub mod router;
 pub mod semver;
 pub mod session;
+pub mod telemetry;
 pub mod value;
 
 pub use envelope::Envelope;

@@ -59,6 +59,7 @@ pub struct Config {
     pub queue: QueueSection,
     pub proxy: ProxySection,
     pub http: HttpConfig,
+    pub metrics: MetricsSection,
     pub node: NodeConfig,
     pub log: LogConfig,
 }
@@ -173,6 +174,13 @@ pub struct HttpConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Protect `GET /metrics` with the password.
+    pub require_auth: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Unique node id; defaults to the host name.
     pub id: Option<String>,
@@ -212,6 +220,7 @@ impl Default for Config {
             queue: QueueSection::default(),
             proxy: ProxySection::default(),
             http: HttpConfig::default(),
+            metrics: MetricsSection::default(),
             node: NodeConfig::default(),
             log: LogConfig::default(),
         }

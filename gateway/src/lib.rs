@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod queue_store;
 pub mod server;

@@ -79,6 +79,8 @@ impl Gateway {
         env: &HashMap<String, String>,
     ) -> Result<Gateway, StartError> {
         let node_id = config.node_id(env);
+        // The recorder is process-wide; installing it first means nothing is missed.
+        crate::metrics::handle();
         let store: Arc<dyn QueueStore> = match config.queue.store {
             StoreKind::Redb => {
                 let store = RedbStore::open(&config.queue.data_dir)?;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use ganglion_codecs::Codec;
 use ganglion_core::frame::{Encoding, OutFrame, Outgoing};
 use ganglion_core::session::Outbox;
+use ganglion_core::telemetry::op_label;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -104,6 +105,10 @@ impl Mailbox {
     /// Queues the last frame and the close that follows it; later pushes are refused. After
     /// an overflow the queue is already empty, so the final frame is always accepted.
     pub fn finish(&self, last: Option<OutFrame>, close: Option<Close>) {
+        if let Some(frame) = &last {
+            metrics::counter!("ganglion_frames_sent_total", "op" => op_label(Some(frame.op)))
+                .increment(1);
+        }
         let bytes = last.map(|f| self.codec.encode(&f));
         let mut state = self.state.lock();
         if matches!(state.status, Status::Finishing(_) | Status::Done) {
@@ -176,6 +181,8 @@ impl Outbox for Mailbox {
         state.queue.push_back(bytes);
         drop(state);
         self.writable.notify_one();
+        metrics::counter!("ganglion_frames_sent_total", "op" => op_label(Some(frame.frame().op)))
+            .increment(1);
         true
     }
 }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ganglion_codecs::FrameKind;
 use ganglion_core::error::close_code;
+use ganglion_core::telemetry::op_label;
 use ganglion_core::{Conn, Envelope, Fatal, Inbound, OutFrame, Outcome, Router};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -125,6 +126,7 @@ pub async fn run_with_hello<R, W, S>(
     S: Service<Inbound, Response = Outcome, Error = Infallible> + Send,
     S::Future: Send,
 {
+    let _open = OpenConnection::count(&conn);
     let writer = tokio::spawn(write_loop(mailbox.clone(), outbound));
     let close_timeout = ctx.config.close_timeout;
     read_loop(conn, mailbox, inbound, accepted, ctx, hello).await;
@@ -177,7 +179,11 @@ async fn read_loop<R, S>(
                 let envelope = match item.unwrap_or(WireIn::Gone) {
                     WireIn::Frame { bytes, kind } => {
                         match decode(&conn, &bytes, kind, config.max_frame_bytes) {
-                            Ok(envelope) => envelope,
+                            Ok(envelope) => {
+                                metrics::counter!("ganglion_frames_received_total", "op" => op_label(envelope.op))
+                                    .increment(1);
+                                envelope
+                            }
                             Err(fatal) => break End::Fatal(fatal),
                         }
                     }
@@ -228,6 +234,12 @@ async fn read_loop<R, S>(
     }
     // Cleanup comes first, so a client that reconnects at once is not a duplicate (§4.8).
     router.cleanup(&conn);
+    let reason = match &end {
+        End::Fatal(fatal) => fatal.class(),
+        End::Goodbye(_) => "goodbye",
+        End::PeerClosed | End::PeerGone => "client",
+    };
+    metrics::counter!("ganglion_closes_total", "reason" => reason).increment(1);
     match &end {
         End::Fatal(fatal) => {
             tracing::debug!(error = %fatal, class = fatal.class(), "closing with op 8");
@@ -257,6 +269,31 @@ async fn read_loop<R, S>(
         .await;
     }
     tracing::debug!(?end, "session ended");
+}
+
+/// Counts an open connection in `ganglion_connections` for as long as it lives.
+struct OpenConnection {
+    transport: &'static str,
+    encoding: &'static str,
+}
+
+impl OpenConnection {
+    fn count(conn: &Conn) -> OpenConnection {
+        let open = OpenConnection {
+            transport: conn.transport.as_str(),
+            encoding: conn.encoding.as_str(),
+        };
+        metrics::gauge!("ganglion_connections", "transport" => open.transport, "encoding" => open.encoding)
+            .increment(1.0);
+        open
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("ganglion_connections", "transport" => self.transport, "encoding" => self.encoding)
+            .decrement(1.0);
+    }
 }
 
 /// Checks the frame kind and decodes one frame into an envelope.

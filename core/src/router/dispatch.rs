@@ -2,6 +2,7 @@
 //! of queue events to [`queue`](super::queue).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::envelope::Envelope;
 use crate::error::Invalid;
@@ -9,6 +10,7 @@ use crate::frame::{Out, OutFrame, Outgoing};
 use crate::query::Query;
 use crate::registry::Recipients;
 use crate::session::{Conn, Identity, Outbox};
+use crate::telemetry::event_label;
 use crate::value::Value;
 
 use super::{Outcome, Router, invalid_payload};
@@ -23,16 +25,29 @@ impl Router {
             return Outcome::Continue;
         }
         let result = match t.as_str() {
-            "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope),
-            "SEND" => self.route("SEND", Recipients::One, envelope).map(drop),
-            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope).map(drop),
-            "QUERY_NODES" => self.query_nodes(conn, envelope),
-            "QUEUE" => return self.queue_push(conn, envelope),
-            "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope),
-            "QUEUE_REQUEST_CANCEL" => self.queue_cancel(conn, envelope),
-            "QUEUE_ACK" => self.queue_ack(identity, envelope),
+            // `Ok(n)`: handled, with `n` recipients for SEND and BROADCAST.
+            "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope).map(|()| 1),
+            "SEND" => self.route("SEND", Recipients::One, envelope),
+            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope),
+            "QUERY_NODES" => self.query_nodes(conn, envelope).map(|()| 1),
+            "QUEUE" => {
+                metrics::counter!("ganglion_dispatch_total", "t" => "QUEUE", "outcome" => "delivered")
+                    .increment(1);
+                return self.queue_push(conn, envelope);
+            }
+            "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope).map(|()| 1),
+            "QUEUE_REQUEST_CANCEL" => self.queue_cancel(conn, envelope).map(|()| 1),
+            "QUEUE_ACK" => self.queue_ack(identity, envelope).map(|()| 1),
             _ => Err(invalid_payload(envelope)),
         };
+        let outcome = match &result {
+            Ok(0) if matches!(t.as_str(), "SEND" | "BROADCAST") => "dropped",
+            Ok(_) => "delivered",
+            Err(Invalid::NoRoute { .. }) => "no_route",
+            Err(_) => "error",
+        };
+        metrics::counter!("ganglion_dispatch_total", "t" => event_label(&t), "outcome" => outcome)
+            .increment(1);
         if let Err(invalid) = result {
             tracing::debug!(error = %invalid, t = %t, "dispatch refused");
             conn.send(invalid.to_frame());
@@ -92,9 +107,11 @@ impl Router {
                 });
             }
         };
+        let started = Instant::now();
         let outboxes: Vec<Arc<dyn Outbox>> = {
             let registry = self.registry.read();
             let matched = registry.match_set(&query);
+            metrics::histogram!("ganglion_routing_matches", "t" => t).record(matched.len() as f64);
             registry
                 .recipients(&query, matched, wanted)
                 .into_iter()
@@ -115,6 +132,8 @@ impl Router {
         for outbox in &outboxes {
             outbox.push(&frame);
         }
+        metrics::histogram!("ganglion_routing_seconds", "t" => t)
+            .record(started.elapsed().as_secs_f64());
         Ok(outboxes.len())
     }
 

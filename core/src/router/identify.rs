@@ -95,6 +95,8 @@ impl Router {
         };
         if verdict == (Verdict::Restricted { failed: true }) {
             self.auth.record_failure(source);
+            metrics::counter!("ganglion_auth_failures_total", "transport" => conn.transport.as_str())
+                .increment(1);
         }
         conn.set_state(ConnState::Identified(Identity {
             slot,

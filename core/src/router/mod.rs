@@ -151,8 +151,20 @@ impl Router {
             ConnState::Closing => Outcome::Continue,
             ConnState::AwaitingIdentify => match envelope.op {
                 Some(op::IDENTIFY) => match self.identify(conn, envelope.d) {
-                    Ok(()) => Outcome::Identified,
-                    Err(fatal) => Outcome::Close(fatal),
+                    Ok(()) => {
+                        let outcome = match conn.state() {
+                            ConnState::Identified(identity) if identity.restricted => "restricted",
+                            _ => "ok",
+                        };
+                        metrics::counter!("ganglion_identify_total", "outcome" => outcome, "reason" => "")
+                            .increment(1);
+                        Outcome::Identified
+                    }
+                    Err(fatal) => {
+                        metrics::counter!("ganglion_identify_total", "outcome" => "rejected", "reason" => fatal.class())
+                            .increment(1);
+                        Outcome::Close(fatal)
+                    }
                 },
                 _ => Outcome::Close(Fatal::NotIdentified),
             },

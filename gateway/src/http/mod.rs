@@ -85,6 +85,13 @@ pub fn app(state: AppState) -> AxumRouter {
     let transparent_proxy = proxy::transparent_routes(upstream).route_layer(
         middleware::from_fn_with_state(state.clone(), require_proxy_auth),
     );
+    // `/metrics` needs the password only when `metrics.require_auth` says so (SPEC §9.8).
+    let metrics_route = AxumRouter::new().route("/metrics", get(metrics));
+    let metrics_route = if state.config.metrics.require_auth {
+        metrics_route.route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
+    } else {
+        metrics_route
+    };
     AxumRouter::new()
         .route("/", get(root))
         .route("/gateway/websocket", any(websocket_handshake))
@@ -93,6 +100,7 @@ pub fn app(state: AppState) -> AxumRouter {
         .route("/readyz", get(readyz))
         .merge(api)
         .merge(transparent_proxy)
+        .merge(metrics_route)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(state)
@@ -142,6 +150,19 @@ async fn version() -> Response {
 
 async fn healthz() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// Prometheus text exposition format 0.0.4.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::metrics::render(&state.router),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -256,10 +277,16 @@ async fn authorize(
         SourceKey::from_ip(peer.ip()),
     ) {
         Ok(()) => next.run(request).await,
-        Err(HttpAuthError::NotAuthorized) => json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({"status": "error", "error": "not authorized"}),
-        ),
+        Err(HttpAuthError::NotAuthorized) => {
+            if state.router.auth().password_required() && credential.is_some() {
+                metrics::counter!("ganglion_auth_failures_total", "transport" => "http")
+                    .increment(1);
+            }
+            json_response(
+                StatusCode::UNAUTHORIZED,
+                &json!({"status": "error", "error": "not authorized"}),
+            )
+        }
         Err(HttpAuthError::TooManyFailures) => json_response(
             StatusCode::TOO_MANY_REQUESTS,
             &json!({"status": "error", "error": "too many failed auth attempts"}),

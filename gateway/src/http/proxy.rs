@@ -131,10 +131,17 @@ fn finish_headers(headers: &mut HeaderMap, trace: Option<TraceContext>, caller: 
 
 /// Sends the request and turns a failure into its answer (SPEC §9.7).
 async fn forward(proxy: &Proxy, request: http::Request<Body>) -> Response {
-    proxy
+    let started = std::time::Instant::now();
+    let response = proxy
         .forward(request)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response);
+    let status = response.status();
+    // Status codes are a bounded label: at most a few hundred values.
+    metrics::counter!("ganglion_proxy_requests_total", "status" => status.as_str().to_owned())
+        .increment(1);
+    metrics::histogram!("ganglion_proxy_request_seconds").record(started.elapsed().as_secs_f64());
+    response
 }
 
 fn invalid_target() -> Response {

@@ -1,0 +1,164 @@
+//! Prometheus metrics (SPEC §9.8).
+//!
+//! Counters and histograms are recorded where things happen, through the `metrics` facade
+//! (a no-op until a recorder is installed, like `tracing` without a subscriber). `GET /metrics`
+//! renders them, plus the gauges that are cheaper to read at scrape time than to keep up to date
+//! (registered clients, queue depths), straight from the router.
+//!
+//! Labels are bounded: transports, encodings, opcodes, known event names, outcomes, error
+//! classes, HTTP status codes. Client ids never appear; queue names do, as the SPEC asks.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use ganglion_core::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Match-count buckets: how many clients a query selected.
+const MATCH_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 10_000.0, 100_000.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle. If another recorder was
+/// installed first (an embedding application), ganglion renders only its scrape-time gauges.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_matches".into()), MATCH_BUCKETS))
+                .expect("bucket lists are non-empty")
+        };
+        match builder().install_recorder() {
+            Ok(handle) => {
+                describe();
+                handle
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a metrics recorder is already installed; /metrics shows gauges only");
+                builder().build_recorder().handle()
+            }
+        }
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "ganglion_connections",
+        "Open connections, by transport and encoding."
+    );
+    describe_counter!(
+        "ganglion_frames_received_total",
+        "Frames received, by opcode."
+    );
+    describe_counter!(
+        "ganglion_frames_sent_total",
+        "Frames queued for clients, by opcode."
+    );
+    describe_counter!(
+        "ganglion_dispatch_total",
+        "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error)."
+    );
+    describe_histogram!(
+        "ganglion_routing_seconds",
+        Unit::Seconds,
+        "Time to route one SEND, BROADCAST or QUERY_NODES: query, selection and enqueueing."
+    );
+    describe_histogram!(
+        "ganglion_routing_matches",
+        Unit::Count,
+        "Clients a routed query selected."
+    );
+    describe_counter!(
+        "ganglion_identify_total",
+        "Identifies, by outcome (ok, restricted, rejected) and reason."
+    );
+    describe_counter!(
+        "ganglion_closes_total",
+        "Connections closed, by reason (client, goodbye, or the op 8 error class)."
+    );
+    describe_counter!(
+        "ganglion_auth_failures_total",
+        "Failed authentications, by transport (ws, tcp, nats, http)."
+    );
+    describe_counter!(
+        "ganglion_proxy_requests_total",
+        "Proxied HTTP requests, by status."
+    );
+    describe_histogram!(
+        "ganglion_proxy_request_seconds",
+        Unit::Seconds,
+        "Proxied requests, from the request to the upstream's response head."
+    );
+}
+
+/// The exposition text for `GET /metrics`: recorded series, then scrape-time gauges.
+pub fn render(router: &Router) -> String {
+    let mut out = handle().render();
+    let registered = router.registry().len();
+    let _ = writeln!(
+        out,
+        "# HELP ganglion_clients_registered Clients registered on this node.\n\
+         # TYPE ganglion_clients_registered gauge\n\
+         ganglion_clients_registered {registered}"
+    );
+    let stats = router.queues().stats();
+    out.push_str(
+        "# HELP ganglion_queue_messages Queued messages, by queue and state.\n\
+         # TYPE ganglion_queue_messages gauge\n",
+    );
+    for q in &stats {
+        let name = escape_label(&q.name);
+        for (state, count) in [
+            ("ready", q.ready),
+            ("in_flight", q.in_flight),
+            ("dead_lettered", q.dead_lettered),
+            ("parked", q.parked),
+        ] {
+            let _ = writeln!(
+                out,
+                "ganglion_queue_messages{{queue=\"{name}\",state=\"{state}\"}} {count}"
+            );
+        }
+    }
+    out.push_str(
+        "# HELP ganglion_queue_waiting_consumers Consumers waiting, by queue.\n\
+         # TYPE ganglion_queue_waiting_consumers gauge\n",
+    );
+    for q in &stats {
+        let _ = writeln!(
+            out,
+            "ganglion_queue_waiting_consumers{{queue=\"{}\"}} {}",
+            escape_label(&q.name),
+            q.waiting_consumers
+        );
+    }
+    out
+}
+
+/// Label values escape `\`, `"` and newlines (text exposition format 0.0.4).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+    }
+}

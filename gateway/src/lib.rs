@@ -6,6 +6,7 @@
 //! - [`http`]: routes of SPEC §9;
 //! - [`proxy`]: the proxy's upstream client, SSRF guard and header hygiene (SPEC §9.7);
 //! - [`service`]: the tower stack every session runs;
+//! - [`telemetry`]: logs, and span export over OTLP;
 //! - [`server`]: binding, serving, draining.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod proxy;
 pub mod queue_store;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::{Config, ConfigError, Overrides};

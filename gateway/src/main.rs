@@ -1,14 +1,12 @@
 //! `ganglion`: run a node.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ganglion_gateway::config::LogFormat;
-use ganglion_gateway::{Config, Gateway, Overrides};
-use tracing_subscriber::EnvFilter;
+use ganglion_gateway::{Config, Gateway, Overrides, telemetry};
 
 /// ganglion: a gateway that routes messages to services by what they say about themselves.
 /// mimalloc: frames and queue records are allocated on one thread and freed on another, which
@@ -78,7 +76,6 @@ fn main() -> anyhow::Result<()> {
         settings: args.settings,
     };
     let config = Config::load(&env, &overrides)?;
-    init_logging(&config);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,24 +84,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, env: HashMap<String, String>) -> anyhow::Result<()> {
-    let gateway = Gateway::start(config, &env).await?;
-    shutdown_signal().await;
-    gateway.drain().await;
-    Ok(())
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    // Inside the runtime: the span exporter runs as a task on it.
+    let telemetry = telemetry::init(&config);
+    let served = async {
+        let gateway = Gateway::start(config, &env).await?;
+        shutdown_signal().await;
+        gateway.drain().await;
+        anyhow::Ok(())
     }
+    .await;
+    // Also after a failed start: its spans and the error's logs still go out.
+    telemetry.shutdown().await;
+    served
 }
 
 /// Resolves on ctrl-c or SIGTERM.

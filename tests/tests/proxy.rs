@@ -1557,3 +1557,46 @@ async fn ipv6_targets_are_reached_in_every_form() {
         );
     }
 }
+
+// === TLS (§9.7) ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_target_is_verified_against_the_system_trust_store() {
+    // The upstream is another ganglion node serving HTTPS with a self-signed certificate for
+    // `localhost`, which no system trust store holds.
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("a self-signed certificate");
+    let dir = ganglion_tests::temp_dir("proxy-tls");
+    std::fs::create_dir_all(&dir).expect("certificate directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("certificate");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("key");
+    let upstream = TestGateway::start_with(|c| {
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+    })
+    .await;
+    let gw = TestGateway::start().await;
+    let target = format!("https://localhost:{}", upstream.addr.port());
+    let _client = register(&gw, "tls", "t", &target, json!({})).await;
+    let response = gw
+        .http(
+            Method::GET,
+            "/api/v1/proxy/tls/api/version",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        response.text()
+    );
+    let error = reason(&response);
+    assert!(
+        error.starts_with("upstream unreachable: ") && error.contains("certificate"),
+        "{error}"
+    );
+}

@@ -63,7 +63,8 @@ pub struct Conn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnState {
     AwaitingIdentify,
-    Identified(Identity),
+    /// Shared, so reading the state for every frame does not copy the ids.
+    Identified(Arc<Identity>),
     /// Cleanup has run (or is running); every further frame is ignored.
     Closing,
 }

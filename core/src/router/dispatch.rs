@@ -19,12 +19,14 @@ impl Router {
     // --- dispatch ---
 
     pub(super) fn dispatch(&self, conn: &Conn, identity: &Identity, envelope: Envelope) -> Outcome {
-        let t = envelope.event_name().unwrap_or_default().to_owned();
+        // A label from a closed set: no copy of the client's string on the hot path.
+        let t = event_label(envelope.event_name().unwrap_or_default());
         if identity.restricted && t != "UPDATE_METADATA" {
+            let t = envelope.event_name().unwrap_or_default().to_owned();
             conn.send(Invalid::Restricted { t }.to_frame());
             return Outcome::Continue;
         }
-        let result = match t.as_str() {
+        let result = match t {
             // `Ok(n)`: handled, with `n` recipients for SEND and BROADCAST.
             "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope).map(|()| 1),
             "SEND" => self.route("SEND", Recipients::One, envelope),
@@ -41,13 +43,12 @@ impl Router {
             _ => Err(invalid_payload(envelope)),
         };
         let outcome = match &result {
-            Ok(0) if matches!(t.as_str(), "SEND" | "BROADCAST") => "dropped",
+            Ok(0) if matches!(t, "SEND" | "BROADCAST") => "dropped",
             Ok(_) => "delivered",
             Err(Invalid::NoRoute { .. }) => "no_route",
             Err(_) => "error",
         };
-        metrics::counter!("ganglion_dispatch_total", "t" => event_label(&t), "outcome" => outcome)
-            .increment(1);
+        metrics::counter!("ganglion_dispatch_total", "t" => t, "outcome" => outcome).increment(1);
         if let Err(invalid) = result {
             tracing::debug!(error = %invalid, t = %t, "dispatch refused");
             conn.send(invalid.to_frame());

@@ -98,12 +98,12 @@ impl Router {
             metrics::counter!("ganglion_auth_failures_total", "transport" => conn.transport.as_str())
                 .increment(1);
         }
-        conn.set_state(ConnState::Identified(Identity {
+        conn.set_state(ConnState::Identified(Arc::new(Identity {
             slot,
             application_id: application_id.clone(),
             client_id: client_id.clone(),
             restricted,
-        }));
+        })));
         tracing::debug!(app = %application_id, client = %client_id, restricted, "client identified");
         emit_client_event(
             "CLIENT_CONNECTED",

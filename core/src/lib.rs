@@ -14,6 +14,7 @@
 //! - [`session`]: a connection as the router sees it, and the `Outbox` it pushes into;
 //! - [`auth`]: the shared password and the failed-auth limit;
 //! - [`telemetry`]: bounded label values for metrics;
+//! - [`trace`]: W3C trace context and ganglion's per-message spans (SPEC §11);
 //! - [`clock`]: wall-clock timestamps.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod router;
 pub mod semver;
 pub mod session;
 pub mod telemetry;
+pub mod trace;
 pub mod value;
 
 pub use envelope::Envelope;

@@ -7,7 +7,9 @@
 //! - `GANGLION_<SECTION>__<KEY>` for any setting, e.g. `GANGLION_GATEWAY__HEARTBEAT_INTERVAL_MS`,
 //!   `GANGLION_AUTH__PASSWORD`, `GANGLION_LISTEN`;
 //! - `PORT` and `AUTH`, the original 신경 server's names for the listener port and password;
-//! - `GANGLION_CONFIG`, the TOML file to read (also `--config`).
+//! - `GANGLION_CONFIG`, the TOML file to read (also `--config`);
+//! - the standard OpenTelemetry variables for span export, mapped onto `tracing.*`
+//!   ([`OTEL_VARIABLES`]); within the environment, `GANGLION_TRACING__*` beats them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,27 @@ const STRING_KEYS: &[&str] = &[
     "log.format",
     "log.level",
     "metadata.update_strategy",
+    "tracing.otlp_endpoint",
+    "tracing.otlp_traces_endpoint",
+    "tracing.otlp_protocol",
+    "tracing.service_name",
+    "tracing.sampler",
+];
+
+/// The standard OpenTelemetry variables ganglion reads, and the setting each one sets. They
+/// are part of the environment layer, below `GANGLION_*`; a signal-specific variable beats
+/// the generic one.
+pub const OTEL_VARIABLES: &[(&str, &str)] = &[
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "tracing.otlp_endpoint"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "tracing.otlp_traces_endpoint",
+    ),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "tracing.otlp_protocol"),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "tracing.otlp_protocol"),
+    ("OTEL_SERVICE_NAME", "tracing.service_name"),
+    ("OTEL_TRACES_SAMPLER", "tracing.sampler"),
+    ("OTEL_TRACES_SAMPLER_ARG", "tracing.sampler_arg"),
 ];
 
 /// The whole configuration. Unknown keys are rejected so that typos are caught at start-up.
@@ -62,6 +85,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub node: NodeConfig,
     pub log: LogConfig,
+    pub tracing: TracingSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +227,93 @@ pub enum LogFormat {
     Json,
 }
 
+/// Span export over OTLP (SPEC §11 "Export"). Off until an endpoint is set; trace context
+/// propagation in frames is on either way.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector's base URL, e.g. `http://localhost:4317` (gRPC) or
+    /// `http://localhost:4318` (HTTP, where `/v1/traces` is appended). Unset or empty: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The full URL traces go to, used as is; beats `otlp_endpoint`.
+    pub otlp_traces_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    pub sampler: SamplerKind,
+    /// The ratio of `traceidratio` and `parentbased_traceidratio`, 0 to 1 (default 1).
+    pub sampler_arg: Option<f64>,
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`'s values that ganglion speaks.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// The OpenTelemetry specification's default.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// `OTEL_TRACES_SAMPLER`'s values that ganglion supports.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum SamplerKind {
+    #[serde(rename = "always_on")]
+    AlwaysOn,
+    #[serde(rename = "always_off")]
+    AlwaysOff,
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+    /// The OpenTelemetry specification's default.
+    #[default]
+    #[serde(rename = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    #[serde(rename = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    #[serde(rename = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        TracingSection {
+            otlp_endpoint: None,
+            otlp_traces_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            service_name: "ganglion".to_owned(),
+            sampler: SamplerKind::default(),
+            sampler_arg: None,
+        }
+    }
+}
+
+impl TracingSection {
+    /// Where spans go, when export is on: `otlp_traces_endpoint` as is, else
+    /// `otlp_endpoint`, with `/v1/traces` appended for HTTP.
+    pub fn traces_endpoint(&self) -> Option<String> {
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        if let Some(url) = set(&self.otlp_traces_endpoint) {
+            return Some(url);
+        }
+        let base = set(&self.otlp_endpoint)?;
+        Some(match self.otlp_protocol {
+            OtlpProtocol::Grpc => base,
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        })
+    }
+
+    /// The sampling ratio: `sampler_arg`, default 1.
+    pub fn ratio(&self) -> f64 {
+        self.sampler_arg.unwrap_or(1.0)
+    }
+}
+
 // === defaults (SPEC §12) ===
 
 impl Default for Config {
@@ -223,6 +334,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             node: NodeConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingSection::default(),
         }
     }
 }
@@ -439,6 +551,21 @@ impl Config {
         }
         crate::proxy::guard::Guard::new(&self.proxy.allowed_cidrs)
             .map_err(|e| ConfigError::Value(e.to_string()))?;
+        if let Some(ratio) = self.tracing.sampler_arg
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            return Err(ConfigError::Value(format!(
+                "tracing.sampler_arg must be between 0 and 1, got {ratio}"
+            )));
+        }
+        if let Some(endpoint) = self.tracing.traces_endpoint()
+            && !endpoint.starts_with("http://")
+        {
+            return Err(ConfigError::Value(format!(
+                "the OTLP endpoint must be a plain http:// URL (export to a collector nearby, \
+                 which can forward over TLS), got `{endpoint}`"
+            )));
+        }
         Ok(())
     }
 
@@ -547,6 +674,12 @@ impl EnvProvider {
         }
         if let Some(password) = env.get("AUTH").filter(|p| !p.is_empty()) {
             merge_setting(&mut dict, "auth.password", password);
+        }
+        // In table order: the signal-specific variables come after the generic ones.
+        for (name, key) in OTEL_VARIABLES {
+            if let Some(value) = env.get(*name) {
+                merge_setting(&mut dict, key, value.trim());
+            }
         }
         let mut names: Vec<&String> = env.keys().collect();
         names.sort();
@@ -698,6 +831,130 @@ mod tests {
             Config::load(&HashMap::new(), &blank).unwrap().nats.url(),
             None
         );
+    }
+
+    #[test]
+    fn span_export_is_off_until_an_endpoint_is_set() {
+        let config = Config::load(&HashMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config.tracing.traces_endpoint(), None);
+        assert_eq!(config.tracing.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.tracing.sampler, SamplerKind::ParentBasedAlwaysOn);
+        assert_eq!(config.tracing.service_name, "ganglion");
+        let blank = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]);
+        let config = Config::load(&blank, &Overrides::default()).unwrap();
+        assert_eq!(config.tracing.traces_endpoint(), None);
+    }
+
+    #[test]
+    fn the_standard_otel_variables_set_the_tracing_section() {
+        let vars = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "edge-gateway"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ]);
+        let config = Config::load(&vars, &Overrides::default()).unwrap();
+        assert_eq!(
+            config.tracing.otlp_protocol,
+            OtlpProtocol::HttpProtobuf,
+            "the signal-specific protocol beats the generic one"
+        );
+        assert_eq!(
+            config.tracing.traces_endpoint().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(config.tracing.service_name, "edge-gateway");
+        assert_eq!(config.tracing.sampler, SamplerKind::ParentBasedTraceIdRatio);
+        assert_eq!(config.tracing.ratio(), 0.25);
+
+        let grpc = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1"),
+        ]);
+        let config = Config::load(&grpc, &Overrides::default()).unwrap();
+        assert_eq!(
+            config.tracing.traces_endpoint().as_deref(),
+            Some("http://collector:4317"),
+            "gRPC has no path to append"
+        );
+        assert_eq!(config.tracing.sampler, SamplerKind::AlwaysOff);
+        assert_eq!(config.tracing.ratio(), 1.0);
+
+        let specific = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:9999/custom/path",
+            ),
+        ]);
+        let config = Config::load(&specific, &Overrides::default()).unwrap();
+        assert_eq!(
+            config.tracing.traces_endpoint().as_deref(),
+            Some("http://traces:9999/custom/path"),
+            "the traces endpoint is used as is and beats the generic one"
+        );
+    }
+
+    #[test]
+    fn ganglion_settings_beat_the_otel_variables_and_the_environment_beats_the_file() {
+        let file =
+            std::env::temp_dir().join(format!("ganglion-tracing-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "[tracing]\notlp_endpoint = \"http://from-file:4318\"\nservice_name = \"file\"\nsampler = \"always_on\"\n",
+        )
+        .unwrap();
+        let vars = env(&[
+            ("GANGLION_CONFIG", file.to_str().unwrap()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-otel:4318"),
+            ("OTEL_SERVICE_NAME", "otel"),
+            ("GANGLION_TRACING__SERVICE_NAME", "ganglion-env"),
+        ]);
+        let overrides = Overrides {
+            settings: vec!["tracing.sampler=traceidratio".into()],
+            ..Overrides::default()
+        };
+        let loaded = Config::load(&vars, &overrides);
+        let _ = std::fs::remove_file(&file);
+        let config = loaded.unwrap();
+        assert_eq!(
+            config.tracing.otlp_endpoint.as_deref(),
+            Some("http://from-otel:4318"),
+            "OTEL_* beats the file"
+        );
+        assert_eq!(
+            config.tracing.service_name, "ganglion-env",
+            "GANGLION_TRACING__* beats OTEL_*"
+        );
+        assert_eq!(
+            config.tracing.sampler,
+            SamplerKind::TraceIdRatio,
+            "flags beat everything"
+        );
+    }
+
+    #[test]
+    fn bad_tracing_values_are_refused_with_their_name() {
+        for (name, value, expected) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/json"),
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote", "jaeger_remote"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5", "tracing.sampler_arg"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector:4318",
+                "plain http://",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317", "plain http://"),
+        ] {
+            let err = Config::load(&env(&[(name, value)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{name}={value}: {err}");
+        }
     }
 
     #[test]

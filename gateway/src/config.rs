@@ -58,7 +58,10 @@ pub const OTEL_VARIABLES: &[(&str, &str)] = &[
         "tracing.otlp_traces_endpoint",
     ),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "tracing.otlp_protocol"),
-    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "tracing.otlp_protocol"),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "tracing.otlp_protocol",
+    ),
     ("OTEL_SERVICE_NAME", "tracing.service_name"),
     ("OTEL_TRACES_SAMPLER", "tracing.sampler"),
     ("OTEL_TRACES_SAMPLER_ARG", "tracing.sampler_arg"),
@@ -948,7 +951,11 @@ mod tests {
                 "https://collector:4318",
                 "plain http://",
             ),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317", "plain http://"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "collector:4317",
+                "plain http://",
+            ),
         ] {
             let err = Config::load(&env(&[(name, value)]), &Overrides::default())
                 .unwrap_err()

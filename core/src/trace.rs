@@ -15,8 +15,12 @@
 use std::sync::OnceLock;
 
 use tracing::Span;
+use tracing::field::Empty;
 
+use crate::envelope::Envelope;
 use crate::frame::TraceContext;
+use crate::session::ConnId;
+use crate::telemetry::event_label;
 use crate::value::Value;
 
 /// The `tracing` target of every per-message span (dispatches, queue operations, proxied
@@ -152,6 +156,49 @@ pub fn continue_trace(span: &Span, parent: Option<&TraceContext>) -> Option<Trac
     match TRACER.get() {
         Some(tracer) => tracer.continue_trace(span, parent),
         None => parent.map(|parent| parent.child(random_span_id())),
+    }
+}
+
+/// Opens the span of one inbound op 4 — the root of ganglion's part of its trace, continued
+/// from the envelope's `trace` — and returns it with the context the frames it causes carry
+/// ([`Inbound::trace`](crate::Inbound::trace)). `conn` is the connection it came from, `None`
+/// for an injection. The router records `app`, `client`, `outcome`, `matches`, `recipients`,
+/// `queue`, `id` and `error` on it while it is entered.
+pub fn dispatch_span(
+    envelope: &Envelope,
+    transport: &'static str,
+    conn: Option<ConnId>,
+) -> (Span, Option<TraceContext>) {
+    let t = event_label(envelope.event_name().unwrap_or_default());
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        parent: None,
+        "dispatch",
+        otel.name = t,
+        t,
+        transport,
+        conn,
+        app = Empty,
+        client = Empty,
+        outcome = Empty,
+        matches = Empty,
+        recipients = Empty,
+        queue = Empty,
+        id = Empty,
+        error = Empty,
+    );
+    let parent = TraceContext::from_value(&envelope.trace);
+    let trace = continue_trace(&span, parent.as_ref());
+    (span, trace)
+}
+
+/// Runs `record` on the current span when per-message spans are on; otherwise costs one
+/// cached callsite check. For fields the router learns while handling a frame (matches,
+/// recipients, outcome) on the span the gateway opened for it.
+#[inline]
+pub fn record_current(record: impl FnOnce(&Span)) {
+    if tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        record(&Span::current());
     }
 }
 

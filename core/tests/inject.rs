@@ -56,7 +56,7 @@ fn client(router: &Router, app: &str, id: &str) -> (Conn, Arc<Recorder>) {
     );
     let identify = envelope(json!({"op": 1, "d": {"application_id": app, "client_id": id}}));
     assert!(matches!(
-        router.handle(&conn, identify),
+        router.handle(&conn, identify, None),
         Outcome::Identified
     ));
     assert_eq!(recorder.take()[0].op, op::READY);
@@ -65,7 +65,11 @@ fn client(router: &Router, app: &str, id: &str) -> (Conn, Arc<Recorder>) {
 
 fn inject(router: &Router, t: &str, d: serde_json::Value) -> Vec<OutFrame> {
     let reply = Arc::new(Recorder::default());
-    let completion = router.inject(envelope(json!({"op": 4, "t": t, "d": d})), reply.clone());
+    let completion = router.inject(
+        envelope(json!({"op": 4, "t": t, "d": d})),
+        None,
+        reply.clone(),
+    );
     assert!(completion.is_none(), "only QUEUE completes later");
     reply.take()
 }
@@ -177,6 +181,7 @@ async fn an_injected_queue_is_confirmed_once_stored() {
         .inject(
             envelope(json!({"op": 4, "t": "QUEUE",
                             "d": {"queue": "jobs", "target": {"application": "w"}, "nonce": 1, "payload": 2}})),
+            None,
             reply.clone(),
         )
         .expect("a QUEUE completes once durable");

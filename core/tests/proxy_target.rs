@@ -51,7 +51,7 @@ fn identify(
     let conn = Conn::new(transport, Encoding::Json, peer, Arc::new(Discard));
     let envelope = Envelope::from_value(value(json!({"op": 1, "d": d}))).expect("envelope");
     assert!(
-        matches!(router.handle(&conn, envelope), Outcome::Identified),
+        matches!(router.handle(&conn, envelope, None), Outcome::Identified),
         "identify {d}"
     );
     conn
@@ -211,5 +211,36 @@ fn optional_falls_back_and_the_selector_applies() {
             Some(expected.to_owned()),
             "{selector}"
         );
+    }
+}
+
+#[test]
+fn clients_without_an_address_are_not_candidates_for_the_selector_or_optional() {
+    let router = router(None);
+    // The least loaded client is a NATS session without `ip`, which the proxy cannot reach.
+    let _nats = identify(
+        &router,
+        Transport::Nats,
+        None,
+        json!({"application_id": "svc", "client_id": "nats",
+               "metadata": {"load": {"type": "integer", "value": 1}}}),
+    );
+    let _ws = ws(
+        &router,
+        "svc",
+        "ws",
+        Some("http://ws"),
+        json!({"load": {"type": "integer", "value": 50}}),
+    );
+    assert_eq!(
+        router.proxy_target(&query(
+            json!({"application": "svc", "selector": {"$min": "load"}})
+        )),
+        Some("http://ws".to_owned())
+    );
+    let nobody = json!([{"path": "/load", "op": "$gt", "to": {"value": 1000}}]);
+    let fallback = query(json!({"application": "svc", "ops": nobody, "optional": true}));
+    for _ in 0..50 {
+        assert_eq!(router.proxy_target(&fallback), Some("http://ws".to_owned()));
     }
 }

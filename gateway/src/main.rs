@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config, env: HashMap<String, String>) -> anyhow::Result<()> {
     // Inside the runtime: the span exporter runs as a task on it.
-    let telemetry = telemetry::init(&config);
+    let telemetry = telemetry::init(&config)?;
     let served = async {
         let gateway = Gateway::start(config, &env).await?;
         shutdown_signal().await;

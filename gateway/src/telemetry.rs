@@ -1,39 +1,258 @@
-//! Logs and traces: the process-wide `tracing` subscriber, and (when configured) the
-//! OpenTelemetry pipeline that exports spans over OTLP.
+//! Logs and traces: the process-wide `tracing` subscriber, and — when an OTLP endpoint is
+//! configured (`tracing.*`, `OTEL_*`) — the OpenTelemetry pipeline that exports ganglion's spans.
 //!
-//! [`init`] installs everything once per process and returns a [`TelemetryGuard`]; the node's
-//! owner calls [`TelemetryGuard::shutdown`] after draining, so the spans of the last requests
-//! are exported before the process exits.
+//! Two layers with filters of their own:
+//!
+//! - **logs** to stderr as text or JSON (`log.format`), filtered by `RUST_LOG` or `log.level`.
+//!   Per-message spans ([`SPAN_TARGET`]) are left out unless the filter names that target, so
+//!   `info` logs carry no per-message noise and disabled spans cost nothing;
+//! - **spans** to OTLP over gRPC or HTTP/protobuf: only the per-message spans (dispatches,
+//!   identify, queue operations, proxied requests), through the runtime-driven batch
+//!   processor (STACK.md: the default one panics with the HTTP exporter).
+//!
+//! Trace context propagation in frames does not depend on any of this (SPEC §11): with export
+//! off, ganglion's spans get random ids. With export on, [`OtelTracer`] makes them real
+//! OpenTelemetry spans, so the ids in frames are the ids of exported spans.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
-use tracing_subscriber::EnvFilter;
+use ganglion_core::frame::TraceContext;
+use ganglion_core::trace::{SPAN_TARGET, TraceParent, Tracer, random_span_id};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::runtime::Tokio;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, OtlpProtocol, SamplerKind, TracingSection};
 
-/// Keeps the telemetry pipeline alive; [`shutdown`](TelemetryGuard::shutdown) flushes it.
-#[derive(Debug, Default)]
-pub struct TelemetryGuard {}
-
-impl TelemetryGuard {
-    /// Exports every span still buffered and stops the exporter.
-    pub async fn shutdown(self) {}
+/// Why span export could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot export spans to {endpoint}: {detail}")]
+pub struct TelemetryError {
+    endpoint: String,
+    detail: String,
 }
 
-/// Installs the global subscriber: logs to stderr as text or JSON (`log.format`), filtered by
-/// `RUST_LOG` or `log.level`. A second call in the same process leaves the first subscriber in
-/// place.
-pub fn init(config: &Config) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Keeps the span pipeline alive; [`shutdown`](TelemetryGuard::shutdown) exports what is
+/// still buffered.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports every span ended so far and waits for the collector's answer.
+    pub async fn flush(&self) {
+        if let Some(provider) = self.provider.clone() {
+            // The SDK blocks the calling thread until the exporter task, which runs on this
+            // runtime, has answered.
+            let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            if let Ok(Err(error)) = flushed {
+                tracing::warn!(%error, "cannot flush spans");
+            }
+        }
+    }
+
+    /// Exports every span still buffered and stops the exporter (after draining).
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let stopped = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(error)) = stopped {
+                tracing::warn!(%error, "cannot flush spans at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber, and the span exporter when an endpoint is configured.
+/// Must run inside a Tokio runtime (the exporter is a task on it). A second call in the same
+/// process keeps the first subscriber and exports nothing new.
+pub fn init(config: &Config) -> Result<TelemetryGuard, TelemetryError> {
+    let provider = match config.tracing.traces_endpoint() {
+        Some(endpoint) => Some(provider(
+            &config.tracing,
+            &endpoint,
+            config.node.id.as_deref(),
+        )?),
+        None => None,
+    };
+    let logs = log_layer(config);
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("ganglion"))
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target(SPAN_TARGET, LevelFilter::INFO))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        ganglion_core::trace::install(OtelTracer);
+    }
+    if let (Some(endpoint), true) = (config.tracing.traces_endpoint(), installed) {
+        tracing::info!(
+            %endpoint,
+            protocol = ?config.tracing.otlp_protocol,
+            sampler = ?config.tracing.sampler,
+            ratio = config.tracing.ratio(),
+            "exporting spans over OTLP"
+        );
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// The log layer: text or JSON on stderr.
+fn log_layer<S>(config: &Config) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| config.log.level.clone());
+    let mut filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    if !directives.contains(SPAN_TARGET) {
+        filter = filter.add_directive(
+            format!("{SPAN_TARGET}=off")
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    TelemetryGuard::default()
+    match config.log.format {
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+    }
+}
+
+/// The tracer provider: OTLP exporter, runtime-driven batch processor, sampler, resource.
+fn provider(
+    section: &TracingSection,
+    endpoint: &str,
+    node_id: Option<&str>,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let timeout = Duration::from_secs(10);
+    let exporter = match section.otlp_protocol {
+        OtlpProtocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(timeout)
+            .build(),
+        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .with_timeout(timeout)
+            .build(),
+    }
+    .map_err(|error| TelemetryError {
+        endpoint: endpoint.to_owned(),
+        detail: error.to_string(),
+    })?;
+    let mut resource = Resource::builder()
+        .with_service_name(section.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if let Some(node) = node_id {
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", node.to_owned()));
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build())
+        .with_sampler(sampler(section))
+        .with_resource(resource.build())
+        .build())
+}
+
+fn sampler(section: &TracingSection) -> Sampler {
+    let ratio = section.ratio();
+    match section.sampler {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedTraceIdRatio => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+    }
+}
+
+// === OtelTracer ===
+
+/// Continues traces into OpenTelemetry spans (installed into core while exporting): the
+/// remote context becomes the span's parent, and frames carry the span's own id. Without an
+/// inbound context, the sampler decides whether ganglion starts a trace.
+#[derive(Debug)]
+pub struct OtelTracer;
+
+impl Tracer for OtelTracer {
+    fn continue_trace(&self, span: &Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
+        let remote = parent.and_then(|context| Some((context, context.parent()?)));
+        if let Some((context, parsed)) = remote {
+            let _ = span.set_parent(remote_context(context, parsed));
+        }
+        let otel = span.context();
+        let own = otel.span().span_context().clone();
+        match remote {
+            Some((context, parsed)) => {
+                let id = if own.is_valid() && own.trace_id() == TraceId::from(parsed.trace_id) {
+                    u64::from_be_bytes(own.span_id().to_bytes())
+                } else {
+                    // The span is not exported (filtered out): still a span of ganglion's.
+                    random_span_id()
+                };
+                Some(context.child(id))
+            }
+            None if own.is_valid() && own.is_sampled() => Some(TraceContext::new(
+                TraceParent {
+                    trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+                    parent_id: u64::from_be_bytes(own.span_id().to_bytes()),
+                    flags: own.trace_flags().to_u8(),
+                },
+                None,
+            )),
+            None => None,
+        }
+    }
+}
+
+/// The OpenTelemetry form of an inbound context. A `tracestate` the SDK cannot parse still
+/// travels in frames unchanged; only the exported parent lacks it.
+fn remote_context(context: &TraceContext, parsed: TraceParent) -> OtelContext {
+    let state = context
+        .tracestate
+        .as_deref()
+        .and_then(|state| state.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    OtelContext::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(parsed.trace_id),
+        SpanId::from(parsed.parent_id),
+        TraceFlags::new(parsed.flags),
+        true,
+        state,
+    ))
 }

@@ -832,7 +832,7 @@ async fn a_trace_context_in_the_body_or_in_nats_headers_is_accepted_and_a_bad_on
                     "trace": {"traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE"}})),
     )
     .await;
-    expect_result(&answer, "SEND", Value::Null, 1);
+    let from_body = expect_traced_result(answer, "SEND", 1);
     let mut headers = HeaderMap::new();
     headers.insert("traceparent", traceparent);
     headers.insert("tracestate", "congo=t61rcWkgMzE");
@@ -843,7 +843,7 @@ async fn a_trace_context_in_the_body_or_in_nats_headers_is_accepted_and_a_bad_on
         body(json!({"t": "SEND", "d": send})),
     )
     .await;
-    expect_result(&answer, "SEND", Value::Null, 1);
+    let from_headers = expect_traced_result(answer, "SEND", 1);
     let answer = inject(
         &injector,
         PREFIX,
@@ -851,10 +851,35 @@ async fn a_trace_context_in_the_body_or_in_nats_headers_is_accepted_and_a_bad_on
     )
     .await;
     expect_result(&answer, "SEND", Value::Null, 1);
-    for _ in 0..3 {
-        assert_eq!(consumer.recv().await["d"]["payload"], "t");
+    for expected in [Some(from_body), Some(from_headers), None] {
+        let delivery = consumer.recv().await;
+        assert_eq!(delivery["d"]["payload"], "t");
+        assert_eq!(delivery.get("trace").cloned(), expected, "{delivery}");
     }
     consumer.expect_nothing().await;
+}
+
+/// A DISPATCH_RESULT that continues the trace of `00-4bf92f…-00f067aa0ba902b7-01` with
+/// `tracestate` copied; returns its `trace`, which the deliveries carry too.
+fn expect_traced_result(mut answer: Value, t: &str, recipients: u64) -> Value {
+    let trace = answer
+        .as_object_mut()
+        .and_then(|frame| frame.remove("trace"))
+        .unwrap_or_else(|| panic!("the answer carries trace: {answer}"));
+    expect_result(&answer, t, Value::Null, recipients);
+    let traceparent = trace["traceparent"].as_str().expect("a traceparent");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && traceparent.ends_with("-01"),
+        "same trace id and flags: {traceparent}"
+    );
+    assert_ne!(
+        &traceparent[36..52],
+        "00f067aa0ba902b7",
+        "ganglion's span is the parent"
+    );
+    assert_eq!(trace["tracestate"], "congo=t61rcWkgMzE");
+    trace
 }
 
 // === drain, restarts, limits, start-up ===

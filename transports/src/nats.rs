@@ -607,7 +607,11 @@ async fn serve_injections<S>(
         let limit = ctx.config.max_frame_bytes.min(client.max_payload());
         let answer = Arc::new(Answer::default());
         let completion = match injection(&message, limit) {
-            Some(envelope) => ctx.router.inject(envelope, answer.clone()),
+            Some(envelope) => {
+                let (span, trace) = ganglion_core::trace::dispatch_span(&envelope, "nats", None);
+                let _entered = span.enter();
+                ctx.router.inject(envelope, trace, answer.clone())
+            }
             None => {
                 answer.push(&Arc::new(Outgoing::new(Invalid::Injection.to_frame())));
                 None

@@ -201,7 +201,7 @@ async fn read_loop<R, S>(
                     }
                     pipelined = 0;
                 }
-                let inbound = Inbound { conn: conn.clone(), envelope };
+                let inbound = Inbound::new(conn.clone(), envelope);
                 let outcome = match service.ready().await {
                     Ok(svc) => svc.call(inbound).await,
                     Err(never) => match never {},

@@ -105,18 +105,29 @@ impl QueueEngine {
     ) -> Completion {
         let (done, completion) = oneshot::channel();
         let id = uuid::Uuid::new_v4().to_string();
+        // From submission to the confirm: the durable write, in the QUEUE's dispatch span.
+        let span = tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            "queue.confirm",
+            queue = %new.queue,
+            id = %id,
+            outcome = tracing::field::Empty,
+        );
         let mut state = self.state.lock();
         let msg = state.prepare(new, id, now_ms());
         let engine = self.clone();
         let record = StoreOp::Put(Box::new(msg.clone()));
         self.journal.submit_then(vec![record], move |result| {
+            let _entered = span.enter();
             let confirm = match result {
                 Ok(()) => {
+                    span.record("outcome", "confirmed");
                     let confirm = confirm_frame(&msg);
                     engine.apply(|state, matcher| state.insert(msg, query, matcher, now_ms()));
                     confirm
                 }
                 Err(error) => {
+                    span.record("outcome", "unavailable");
                     tracing::warn!(%error, queue = %msg.queue, "QUEUE could not be stored");
                     Invalid::QueueUnavailable {
                         queue: msg.queue,

@@ -566,8 +566,25 @@ impl Queues {
     }
 }
 
-/// The QUEUE delivery frame (SPEC §8.6).
+/// The QUEUE delivery frame (SPEC §8.6). Each delivery is a span of its own, a child of the
+/// QUEUE's span through the stored context (SPEC §8.1, §11); the frame carries its context,
+/// so a redelivery is a second child of the same QUEUE.
 fn delivery_frame(msg: &StoredMessage) -> OutFrame {
+    let span = tracing::info_span!(
+        target: crate::trace::SPAN_TARGET,
+        parent: None,
+        "queue.deliver",
+        queue = %msg.queue,
+        id = %msg.id,
+        delivery = msg.deliveries,
+        app = tracing::field::Empty,
+        client = tracing::field::Empty,
+    );
+    if let Some(consumer) = msg.last_consumer.as_ref().filter(|_| !span.is_disabled()) {
+        span.record("app", consumer.application_id.as_str());
+        span.record("client", consumer.client_id.as_str());
+    }
+    let trace = crate::trace::continue_trace(&span, msg.trace.as_ref());
     OutFrame::delivery(
         "QUEUE",
         Out::Value(msg.nonce.clone()),
@@ -577,7 +594,7 @@ fn delivery_frame(msg: &StoredMessage) -> OutFrame {
             ("payload", Out::Value(msg.payload.clone())),
         ]),
     )
-    .with_trace(msg.trace.clone())
+    .with_trace(trace)
 }
 
 // === impl Queue ===

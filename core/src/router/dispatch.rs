@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use crate::envelope::Envelope;
 use crate::error::Invalid;
-use crate::frame::{Out, OutFrame, Outgoing};
+use crate::frame::{Out, OutFrame, Outgoing, TraceContext};
 use crate::query::Query;
 use crate::registry::Recipients;
 use crate::session::{Conn, Identity, Outbox};
 use crate::telemetry::event_label;
+use crate::trace;
 use crate::value::Value;
 
 use super::{Outcome, Router, invalid_payload};
@@ -18,9 +19,20 @@ use super::{Outcome, Router, invalid_payload};
 impl Router {
     // --- dispatch ---
 
-    pub(super) fn dispatch(&self, conn: &Conn, identity: &Identity, envelope: Envelope) -> Outcome {
+    /// Handles one op 4 (SPEC §7.1); the frames it causes carry `trace` (SPEC §11).
+    pub(super) fn dispatch(
+        &self,
+        conn: &Conn,
+        identity: &Identity,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+    ) -> Outcome {
         // A label from a closed set: no copy of the client's string on the hot path.
         let t = event_label(envelope.event_name().unwrap_or_default());
+        trace::record_current(|span| {
+            span.record("app", identity.application_id.as_str());
+            span.record("client", identity.client_id.as_str());
+        });
         if identity.restricted && t != "UPDATE_METADATA" {
             let t = envelope.event_name().unwrap_or_default().to_owned();
             conn.send(Invalid::Restricted { t }.to_frame());
@@ -29,13 +41,13 @@ impl Router {
         let result = match t {
             // `Ok(n)`: handled, with `n` recipients for SEND and BROADCAST.
             "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope).map(|()| 1),
-            "SEND" => self.route("SEND", Recipients::One, envelope),
-            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope),
-            "QUERY_NODES" => self.query_nodes(conn, envelope).map(|()| 1),
+            "SEND" => self.route("SEND", Recipients::One, envelope, trace),
+            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope, trace),
+            "QUERY_NODES" => self.query_nodes(conn, envelope, trace).map(|()| 1),
             "QUEUE" => {
                 metrics::counter!("ganglion_dispatch_total", "t" => "QUEUE", "outcome" => "delivered")
                     .increment(1);
-                return self.queue_push(conn, envelope);
+                return self.queue_push(conn, envelope, trace);
             }
             "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope).map(|()| 1),
             "QUEUE_REQUEST_CANCEL" => self.queue_cancel(conn, envelope).map(|()| 1),
@@ -49,6 +61,12 @@ impl Router {
             Err(_) => "error",
         };
         metrics::counter!("ganglion_dispatch_total", "t" => t, "outcome" => outcome).increment(1);
+        trace::record_current(|span| {
+            span.record("outcome", outcome);
+            if let Err(invalid) = &result {
+                span.record("error", tracing::field::display(invalid));
+            }
+        });
         if let Err(invalid) = result {
             tracing::debug!(error = %invalid, t = %t, "dispatch refused");
             conn.send(invalid.to_frame());
@@ -75,12 +93,13 @@ impl Router {
     }
 
     /// SEND and BROADCAST (SPEC §7.3, §7.4). Returns how many clients the message was handed
-    /// to: 0 only when a droppable query matched nobody.
+    /// to: 0 only when a droppable query matched nobody. The deliveries carry `trace`.
     pub(super) fn route(
         &self,
         t: &'static str,
         wanted: Recipients,
         envelope: Envelope,
+        trace: Option<TraceContext>,
     ) -> Result<usize, Invalid> {
         let well_formed = envelope
             .d
@@ -112,12 +131,18 @@ impl Router {
         let outboxes: Vec<Arc<dyn Outbox>> = {
             let registry = self.registry.read();
             let matched = registry.match_set(&query);
-            metrics::histogram!("ganglion_routing_matches", "t" => t).record(matched.len() as f64);
-            registry
+            let matches = matched.len();
+            metrics::histogram!("ganglion_routing_matches", "t" => t).record(matches as f64);
+            let outboxes: Vec<Arc<dyn Outbox>> = registry
                 .recipients(&query, matched, wanted)
                 .into_iter()
                 .filter_map(|slot| registry.get(slot).map(|r| r.outbox.clone()))
-                .collect()
+                .collect();
+            trace::record_current(|span| {
+                span.record("matches", matches);
+                span.record("recipients", outboxes.len());
+            });
+            outboxes
         };
         if outboxes.is_empty() {
             if query.droppable {
@@ -125,11 +150,9 @@ impl Router {
             }
             return Err(Invalid::NoRoute { t, nonce, target });
         }
-        let frame = Arc::new(Outgoing::new(OutFrame::delivery(
-            t,
-            Out::Value(nonce),
-            Out::Value(payload),
-        )));
+        let frame = Arc::new(Outgoing::new(
+            OutFrame::delivery(t, Out::Value(nonce), Out::Value(payload)).with_trace(trace),
+        ));
         for outbox in &outboxes {
             outbox.push(&frame);
         }
@@ -138,8 +161,13 @@ impl Router {
         Ok(outboxes.len())
     }
 
-    /// QUERY_NODES (SPEC §7.5).
-    pub(super) fn query_nodes(&self, conn: &Conn, envelope: Envelope) -> Result<(), Invalid> {
+    /// QUERY_NODES (SPEC §7.5); the reply carries `trace`.
+    pub(super) fn query_nodes(
+        &self,
+        conn: &Conn,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+    ) -> Result<(), Invalid> {
         let nonce = match &envelope.d {
             Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
             _ => Value::Null,
@@ -149,13 +177,19 @@ impl Router {
             nonce: nonce.clone(),
         })?;
         let nodes = self.query_clients(&query);
-        conn.send(OutFrame::dispatch(
-            "QUERY_NODES",
-            Out::Map(vec![
-                ("nonce", Out::Value(nonce)),
-                ("nodes", Out::List(nodes)),
-            ]),
-        ));
+        trace::record_current(|span| {
+            span.record("matches", nodes.len());
+        });
+        conn.send(
+            OutFrame::dispatch(
+                "QUERY_NODES",
+                Out::Map(vec![
+                    ("nonce", Out::Value(nonce)),
+                    ("nodes", Out::List(nodes)),
+                ]),
+            )
+            .with_trace(trace),
+        );
         Ok(())
     }
 }

@@ -16,12 +16,12 @@ use parking_lot::{RwLock, RwLockReadGuard};
 use crate::auth::Auth;
 use crate::envelope::Envelope;
 use crate::error::{Fatal, Invalid};
-use crate::frame::{Out, OutFrame, Outgoing, op};
+use crate::frame::{Out, OutFrame, Outgoing, TraceContext, op};
 use crate::metadata::MetadataLimits;
 use crate::query::{Query, QueryLimits};
 use crate::queue::engine::{Completion, QueueEngine};
 use crate::queue::{QueueConfig, QueueStore, StoreError};
-use crate::registry::{ClientRecord, Recipients, Registry, Slot};
+use crate::registry::{ClientRecord, Recipients, Registry};
 use crate::session::{Conn, ConnState, Outbox};
 use crate::value::Value;
 
@@ -74,6 +74,21 @@ pub enum Outcome {
 pub struct Inbound {
     pub conn: Arc<Conn>,
     pub envelope: Envelope,
+    /// The trace context the frames this one causes carry (SPEC §11): already a child of the
+    /// envelope's `trace`, with ganglion's span as parent. Transports leave it `None`; the
+    /// gateway's tracing layer sets it.
+    pub trace: Option<TraceContext>,
+}
+
+impl Inbound {
+    /// A frame as a transport hands it over, before the tracing layer.
+    pub fn new(conn: Arc<Conn>, envelope: Envelope) -> Inbound {
+        Inbound {
+            conn,
+            envelope,
+            trace: None,
+        }
+    }
 }
 
 /// Shared routing state.
@@ -145,8 +160,9 @@ impl Router {
         )
     }
 
-    /// Applies one frame (SPEC §3.3's gate, then the op's handling).
-    pub fn handle(&self, conn: &Conn, envelope: Envelope) -> Outcome {
+    /// Applies one frame (SPEC §3.3's gate, then the op's handling). Every op 4 frame it
+    /// causes carries `trace` (SPEC §11; see [`Inbound::trace`]).
+    pub fn handle(&self, conn: &Conn, envelope: Envelope, trace: Option<TraceContext>) -> Outcome {
         match conn.state() {
             ConnState::Closing => Outcome::Continue,
             ConnState::AwaitingIdentify => match envelope.op {
@@ -169,7 +185,7 @@ impl Router {
                 _ => Outcome::Close(Fatal::NotIdentified),
             },
             ConnState::Identified(identity) => match envelope.op {
-                Some(op::DISPATCH) => self.dispatch(conn, &identity, envelope),
+                Some(op::DISPATCH) => self.dispatch(conn, &identity, envelope, trace),
                 Some(op::HEARTBEAT) => {
                     self.heartbeat(conn, &identity);
                     Outcome::Heartbeat
@@ -225,19 +241,13 @@ impl Router {
     }
 
     /// The address of the client a proxied request goes to (SPEC §9.5, §9.7): the match set
-    /// of §6.8 narrowed to clients that have an address, then one of them as for SEND (the
-    /// rendezvous winner for the key, else uniformly random). `None` when nobody is eligible.
+    /// of §6.8 over the clients that have an address (others are not candidates at all, so
+    /// `optional` and the selector only ever pick reachable ones), then one of them as for SEND
+    /// (the rendezvous winner for the key, else uniformly random). `None` when nobody is
+    /// eligible.
     pub fn proxy_target(&self, query: &Query) -> Option<String> {
         let registry = self.registry.read();
-        let eligible: Vec<Slot> = registry
-            .match_set(query)
-            .into_iter()
-            .filter(|slot| {
-                registry
-                    .get(*slot)
-                    .is_some_and(|r| r.proxy_address.is_some())
-            })
-            .collect();
+        let eligible = registry.match_set_where(query, |r| r.proxy_address.is_some());
         let slot = registry.pick_one(query, &eligible)?;
         registry.get(slot)?.proxy_address.clone()
     }
@@ -250,13 +260,18 @@ impl Router {
     /// `t` gets `invalid dispatch payload` with a null `extra_info`. A QUEUE is answered once
     /// durable, and the returned completion resolves after its answer was pushed.
     ///
-    /// `envelope.trace` travels with the envelope like a client's; continuing it into the
-    /// deliveries is the router's trace support (SPEC §11), shared with client dispatches.
-    pub fn inject(&self, envelope: Envelope, reply: Arc<dyn Outbox>) -> Option<Completion> {
+    /// `trace` is the context the resulting op 4 frames carry, the answer included (SPEC
+    /// §11; see [`Inbound::trace`]).
+    pub fn inject(
+        &self,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+        reply: Arc<dyn Outbox>,
+    ) -> Option<Completion> {
         let (t, wanted) = match envelope.event_name() {
             Some("SEND") => ("SEND", Recipients::One),
             Some("BROADCAST") => ("BROADCAST", Recipients::All),
-            Some("QUEUE") => return Some(self.queue_push_to(reply, envelope)),
+            Some("QUEUE") => return Some(self.queue_push_to(reply, envelope, trace)),
             _ => {
                 reply.push(&Arc::new(Outgoing::new(Invalid::Injection.to_frame())));
                 return None;
@@ -266,7 +281,7 @@ impl Router {
             Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
             _ => Value::Null,
         };
-        let answer = match self.route(t, wanted, envelope) {
+        let answer = match self.route(t, wanted, envelope, trace.clone()) {
             Ok(recipients) => OutFrame::dispatch(
                 "DISPATCH_RESULT",
                 Out::Map(vec![
@@ -277,7 +292,8 @@ impl Router {
                         Out::Int(i64::try_from(recipients).unwrap_or(i64::MAX)),
                     ),
                 ]),
-            ),
+            )
+            .with_trace(trace),
             Err(invalid) => {
                 tracing::debug!(error = %invalid, t, "injected dispatch refused");
                 invalid.to_frame()
@@ -320,6 +336,10 @@ impl tower_service::Service<Inbound> for RouterService {
     }
 
     fn call(&mut self, inbound: Inbound) -> Self::Future {
-        ready(Ok(self.router.handle(&inbound.conn, inbound.envelope)))
+        ready(Ok(self.router.handle(
+            &inbound.conn,
+            inbound.envelope,
+            inbound.trace,
+        )))
     }
 }

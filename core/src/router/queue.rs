@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use crate::envelope::Envelope;
 use crate::error::Invalid;
+use crate::frame::TraceContext;
 use crate::query::Query;
 use crate::queue::engine::Completion;
 use crate::queue::{ConsumerIdentity, NewMessage, Waiter, validate_name};
 use crate::session::{Conn, Identity, Outbox};
+use crate::trace;
 use crate::value::Value;
 
 use super::{Outcome, Router, invalid_payload};
@@ -16,9 +18,15 @@ impl Router {
     // --- queues (SPEC §8) ---
 
     /// QUEUE: validated now, confirmed once durable. Every answer, errors included, goes
-    /// through the journal, so answers to pipelined QUEUE frames keep their order.
-    pub(super) fn queue_push(&self, conn: &Conn, envelope: Envelope) -> Outcome {
-        Outcome::Pending(self.queue_push_to(conn.outbox.clone(), envelope))
+    /// through the journal, so answers to pipelined QUEUE frames keep their order. The
+    /// message keeps `trace` for its confirm and every delivery (SPEC §8.1, §11).
+    pub(super) fn queue_push(
+        &self,
+        conn: &Conn,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+    ) -> Outcome {
+        Outcome::Pending(self.queue_push_to(conn.outbox.clone(), envelope, trace))
     }
 
     /// QUEUE for any producer: the confirm or error goes to `producer`, in journal order.
@@ -26,9 +34,15 @@ impl Router {
         &self,
         producer: Arc<dyn Outbox>,
         envelope: Envelope,
+        trace: Option<TraceContext>,
     ) -> Completion {
-        match self.prepare_push(envelope) {
-            Ok((new, query)) => self.queues.push(producer, new, query),
+        match self.prepare_push(envelope, trace) {
+            Ok((new, query)) => {
+                trace::record_current(|span| {
+                    span.record("queue", new.queue.as_str());
+                });
+                self.queues.push(producer, new, query)
+            }
             Err(invalid) => {
                 tracing::debug!(error = %invalid, "QUEUE refused");
                 self.queues.reply_in_order(producer, invalid.to_frame())
@@ -37,7 +51,11 @@ impl Router {
     }
 
     /// Validates a QUEUE `d` (SPEC §8.3 step 1) into the message and its parsed target.
-    pub(super) fn prepare_push(&self, envelope: Envelope) -> Result<(NewMessage, Query), Invalid> {
+    pub(super) fn prepare_push(
+        &self,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+    ) -> Result<(NewMessage, Query), Invalid> {
         let well_formed = envelope
             .d
             .as_object()
@@ -78,7 +96,7 @@ impl Router {
             nonce,
             target,
             payload,
-            trace: None,
+            trace,
         };
         Ok((new, query))
     }
@@ -104,6 +122,9 @@ impl Router {
         envelope: Envelope,
     ) -> Result<(), Invalid> {
         let queue = Self::queue_name(&envelope)?;
+        trace::record_current(|span| {
+            span.record("queue", queue.as_str());
+        });
         self.queues.request(
             &queue,
             Waiter {
@@ -135,6 +156,10 @@ impl Router {
             .and_then(|d| d.get("id"))
             .cloned()
             .unwrap_or(Value::Null);
+        trace::record_current(|span| {
+            span.record("queue", queue.as_str());
+            span.record("id", id.as_str().unwrap_or_default());
+        });
         let consumer = ConsumerIdentity {
             application_id: identity.application_id.clone(),
             client_id: identity.client_id.clone(),

@@ -319,36 +319,46 @@ impl Registry {
 
     /// Steps 1–6 of SPEC §6.8: the match set, after `optional` and the selector.
     pub fn match_set(&self, q: &Query) -> Vec<Slot> {
-        self.match_set_with(q, |app| self.candidates(app, q))
+        self.match_set_with(q, |app| self.candidates(app, q), |_| true)
+    }
+
+    /// [`Registry::match_set`] over the clients `eligible` admits only, as if no other client
+    /// were registered: the proxy's candidates are the clients with an address (SPEC §9.5), so
+    /// neither `optional` nor a selector can settle on one it cannot reach.
+    pub fn match_set_where(
+        &self,
+        q: &Query,
+        eligible: impl Fn(&ClientRecord) -> bool,
+    ) -> Vec<Slot> {
+        self.match_set_with(q, |app| self.candidates(app, q), eligible)
     }
 
     /// The same as [`Registry::match_set`] without indexes: every client is evaluated. For
     /// differential tests and benchmarks.
     pub fn match_set_scan(&self, q: &Query) -> Vec<Slot> {
-        self.match_set_with(q, |app| app.members.iter().copied().collect())
+        self.match_set_with(q, |app| app.members.iter().copied().collect(), |_| true)
     }
 
     fn match_set_with<'a>(
         &'a self,
         q: &Query,
         candidates: impl Fn(&'a AppIndex) -> Vec<Slot>,
+        eligible: impl Fn(&ClientRecord) -> bool,
     ) -> Vec<Slot> {
         let apps = self.apps_for(q);
+        let admitted = |slot: &Slot| {
+            self.get(*slot)
+                .is_some_and(|r| r.admitted_by(q) && eligible(r))
+        };
         let mut matched: Vec<Slot> = Vec::new();
         for app in &apps {
             matched.extend(candidates(app).into_iter().filter(|slot| {
-                self.get(*slot)
-                    .is_some_and(|r| r.admitted_by(q) && q.matches(&r.metadata))
+                admitted(slot) && self.get(*slot).is_some_and(|r| q.matches(&r.metadata))
             }));
         }
         if matched.is_empty() && q.optional {
             for app in &apps {
-                matched.extend(
-                    app.members
-                        .iter()
-                        .copied()
-                        .filter(|slot| self.get(*slot).is_some_and(|r| r.admitted_by(q))),
-                );
+                matched.extend(app.members.iter().copied().filter(|slot| admitted(slot)));
             }
         }
         if let Some(selector) = &q.selector {

@@ -35,6 +35,20 @@ type TestBody = BoxBody<Bytes, io::Error>;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const OTHER_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+/// Asserts that `seen` continues `parent`: same trace id and flags, with ganglion's proxy span
+/// as parent id (SPEC §9.7, §11).
+fn assert_child_traceparent(seen: Option<&str>, parent: &str) {
+    let seen = seen.expect("a traceparent upstream");
+    assert_eq!(seen.len(), 55, "{seen}");
+    assert_eq!(seen[..36], parent[..36], "same trace id: {seen}");
+    assert_eq!(seen[52..], parent[52..], "same flags: {seen}");
+    assert_ne!(
+        seen[36..52],
+        parent[36..52],
+        "ganglion's span is the parent: {seen}"
+    );
+}
 /// Size of one generated chunk of a large body.
 const CHUNK: usize = 64 * 1024;
 /// 800 chunks: 50 MiB.
@@ -728,13 +742,13 @@ async fn json_form_headers_are_sent_clean_with_forwarding_and_trace_context() {
     assert_eq!(seen.header("host"), Some(echo.addr.to_string().as_str()));
     assert_eq!(seen.header("content-length"), Some("3"));
     assert_eq!(seen.header("x-forwarded-for"), Some("10.1.1.1, 127.0.0.1"));
-    assert_eq!(seen.header("traceparent"), Some(OTHER_TRACEPARENT));
+    assert_child_traceparent(seen.header("traceparent"), OTHER_TRACEPARENT);
     assert_eq!(seen.header("tracestate"), Some("json=1"));
 
     // The caller's own trace context wins over the one in `headers`.
     proxy_json(&gw, &[("traceparent", TRACEPARENT)], &request).await;
     let seen = echo.next().await;
-    assert_eq!(seen.header("traceparent"), Some(TRACEPARENT));
+    assert_child_traceparent(seen.header("traceparent"), TRACEPARENT);
     assert_eq!(seen.header("tracestate"), None);
 }
 
@@ -1116,7 +1130,7 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
         seen.header("x-forwarded-for"),
         Some("10.9.9.9, 10.8.8.8, 127.0.0.1")
     );
-    assert_eq!(seen.header("traceparent"), Some(TRACEPARENT));
+    assert_child_traceparent(seen.header("traceparent"), TRACEPARENT);
     assert_eq!(seen.header("tracestate"), Some("congo=t61rcWkgMzE"));
     assert_eq!(seen.all("x-repeated"), ["1", "2"]);
 

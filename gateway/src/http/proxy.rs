@@ -12,13 +12,17 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
+use ganglion_core::frame::TraceContext;
 use ganglion_core::query::Query;
+use ganglion_core::trace::{SPAN_TARGET, continue_trace};
 use ganglion_core::{Map, Value};
 use serde_json::json;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use super::{AppState, errors, json_response, read_json};
 use crate::proxy::headers::{
-    TraceContext, append_forwarded_for, set_trace_context, strip_hop_by_hop,
+    append_forwarded_for, set_trace_context, strip_hop_by_hop, trace_from_headers,
 };
 use crate::proxy::target::target_url;
 use crate::proxy::{Proxy, ProxyError};
@@ -121,7 +125,7 @@ fn supplied_headers(value: Option<&Value>) -> Result<HeaderMap, Reason> {
 
 /// Cleans the headers that go upstream: hop-by-hop, `Host` and `Content-Length` out (hyper
 /// sets the last two), the trace context, `X-Forwarded-For`.
-fn finish_headers(headers: &mut HeaderMap, trace: Option<TraceContext>, caller: SocketAddr) {
+fn finish_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>, caller: SocketAddr) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
@@ -129,14 +133,52 @@ fn finish_headers(headers: &mut HeaderMap, trace: Option<TraceContext>, caller: 
     append_forwarded_for(headers, caller.ip());
 }
 
+/// The span of one proxied request, continued from the caller's context, and the context
+/// the upstream request carries: the span's own (SPEC §9.7, §11). It ends when the response
+/// head is relayed; the body streams on after it.
+fn proxy_span(
+    form: &'static str,
+    method: &Method,
+    url: &Uri,
+    parent: Option<&TraceContext>,
+) -> (Span, Option<TraceContext>) {
+    let name = match *method {
+        Method::GET => "proxy GET",
+        Method::HEAD => "proxy HEAD",
+        Method::POST => "proxy POST",
+        Method::PUT => "proxy PUT",
+        Method::DELETE => "proxy DELETE",
+        Method::PATCH => "proxy PATCH",
+        _ => "proxy",
+    };
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        parent: None,
+        "proxy",
+        otel.name = name,
+        otel.kind = "client",
+        form,
+        method = %method,
+        host = url.host().unwrap_or_default(),
+        status = Empty,
+        error = Empty,
+    );
+    let upstream = continue_trace(&span, parent);
+    (span, upstream)
+}
+
 /// Sends the request and turns a failure into its answer (SPEC §9.7).
-async fn forward(proxy: &Proxy, request: http::Request<Body>) -> Response {
+async fn forward(proxy: &Proxy, request: http::Request<Body>, span: Span) -> Response {
     let started = std::time::Instant::now();
-    let response = proxy
-        .forward(request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let response = match proxy.forward(request).instrument(span.clone()).await {
+        Ok(response) => response,
+        Err(error) => {
+            span.record("error", tracing::field::debug(&error));
+            error.into_response()
+        }
+    };
     let status = response.status();
+    span.record("status", status.as_u16());
     // Status codes are a bounded label: at most a few hundred values.
     metrics::counter!("ganglion_proxy_requests_total", "status" => status.as_str().to_owned())
         .increment(1);
@@ -207,9 +249,9 @@ async fn json_form(
         return invalid_target();
     };
 
-    let trace =
-        TraceContext::from_headers(&incoming).or_else(|| TraceContext::from_headers(&headers));
-    finish_headers(&mut headers, trace, peer);
+    let parent = trace_from_headers(&incoming).or_else(|| trace_from_headers(&headers));
+    let (span, upstream) = proxy_span("json", &method, &url, parent.as_ref());
+    finish_headers(&mut headers, upstream.as_ref(), peer);
     let body = match body {
         None => Body::empty(),
         Some(Value::String(text)) => Body::from(text.clone()),
@@ -227,7 +269,7 @@ async fn json_form(
     *outgoing.method_mut() = method;
     *outgoing.uri_mut() = url;
     *outgoing.headers_mut() = headers;
-    forward(&proxy, outgoing).await
+    forward(&proxy, outgoing, span).await
 }
 
 /// Absent, null and `""` all mean "no body".
@@ -280,13 +322,14 @@ async fn transparent_form(
     }
     headers.remove(&X_GANGLION_AUTH);
     headers.remove(&X_GANGLION_QUERY);
-    let trace = TraceContext::from_headers(&headers);
-    finish_headers(&mut headers, trace, peer);
+    let parent = trace_from_headers(&headers);
+    let (span, upstream) = proxy_span("transparent", &parts.method, &url, parent.as_ref());
+    finish_headers(&mut headers, upstream.as_ref(), peer);
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method;
     *outgoing.uri_mut() = url;
     *outgoing.headers_mut() = headers;
-    forward(&proxy, outgoing).await
+    forward(&proxy, outgoing, span).await
 }
 
 /// The `{application}` segment, percent-decoded, and the route: the rest of the path exactly

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use ganglion_core::frame::TraceContext;
+use ganglion_core::trace::TraceParent;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `X-Forwarded-For`.
@@ -64,71 +66,39 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, caller: IpAddr) {
     }
 }
 
-/// A W3C trace context (SPEC §11): a valid `traceparent` and the `tracestate` that came with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: HeaderValue,
-    pub tracestate: Option<HeaderValue>,
+/// The trace context `headers` carry (SPEC §11): a valid first `traceparent`, with the
+/// `tracestate` lines that came with it joined by commas. `None` without a valid one.
+pub fn trace_from_headers(headers: &HeaderMap) -> Option<TraceContext> {
+    let traceparent = headers.get(&TRACEPARENT)?.to_str().ok()?;
+    TraceParent::parse(traceparent)?;
+    let lines: Vec<&[u8]> = headers
+        .get_all(&TRACESTATE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let tracestate = (!lines.is_empty())
+        .then(|| String::from_utf8(lines.join(&b","[..])).ok())
+        .flatten();
+    Some(TraceContext {
+        traceparent: traceparent.to_owned(),
+        tracestate,
+    })
 }
 
-impl TraceContext {
-    /// The context carried by `headers`, if their first `traceparent` is valid.
-    pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
-        let traceparent = headers.get(&TRACEPARENT)?;
-        valid_traceparent(traceparent.as_bytes()).then(|| TraceContext {
-            traceparent: traceparent.clone(),
-            tracestate: headers.get(&TRACESTATE).cloned(),
-        })
+/// Sets the upstream's trace headers to `context`; without one, any (invalid) trace headers
+/// are dropped rather than passed on.
+pub fn set_trace_context(headers: &mut HeaderMap, context: Option<&TraceContext>) {
+    headers.remove(&TRACEPARENT);
+    headers.remove(&TRACESTATE);
+    let Some(context) = context else {
+        return;
+    };
+    if let Ok(traceparent) = HeaderValue::from_str(&context.traceparent) {
+        headers.insert(TRACEPARENT.clone(), traceparent);
     }
-
-    /// The context the upstream request carries. This is the seam for ganglion's own proxy
-    /// span: once spans are recorded, this becomes the parent's trace id and flags with the
-    /// span's id. Until then the caller's context passes through unchanged.
-    pub fn for_upstream(self) -> TraceContext {
-        self
+    if let Some(Ok(state)) = context.tracestate.as_deref().map(HeaderValue::from_str) {
+        headers.insert(TRACESTATE.clone(), state);
     }
-
-    /// Replaces any trace headers in `headers` with this context.
-    pub fn apply(self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT.clone(), self.traceparent);
-        match self.tracestate {
-            Some(state) => {
-                headers.insert(TRACESTATE.clone(), state);
-            }
-            None => {
-                headers.remove(&TRACESTATE);
-            }
-        }
-    }
-}
-
-/// Sets the upstream trace context: the first valid one of `contexts`; without one, any
-/// (invalid) trace headers are dropped rather than passed on.
-pub fn set_trace_context(headers: &mut HeaderMap, context: Option<TraceContext>) {
-    match context {
-        Some(context) => context.for_upstream().apply(headers),
-        None => {
-            headers.remove(&TRACEPARENT);
-            headers.remove(&TRACESTATE);
-        }
-    }
-}
-
-/// `00-<32 lowercase hex, not all zero>-<16 lowercase hex, not all zero>-<2 lowercase hex>`.
-fn valid_traceparent(value: &[u8]) -> bool {
-    fn hex(field: &[u8]) -> bool {
-        field
-            .iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    }
-    fn nonzero(field: &[u8]) -> bool {
-        field.iter().any(|b| *b != b'0')
-    }
-    if value.len() != 55 || !value.starts_with(b"00-") || value[35] != b'-' || value[52] != b'-' {
-        return false;
-    }
-    let (trace_id, parent_id, flags) = (&value[3..35], &value[36..52], &value[53..55]);
-    hex(trace_id) && hex(parent_id) && hex(flags) && nonzero(trace_id) && nonzero(parent_id)
 }
 
 #[cfg(test)]
@@ -213,13 +183,17 @@ mod tests {
     #[test]
     fn only_a_valid_traceparent_is_a_context() {
         let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let context = TraceContext::from_headers(&map(&[
+        let context = trace_from_headers(&map(&[
             ("traceparent", valid),
             ("tracestate", "congo=t61rcWkgMzE"),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
         ]))
         .expect("valid");
         assert_eq!(context.traceparent, valid);
-        assert_eq!(context.tracestate.unwrap(), "congo=t61rcWkgMzE");
+        assert_eq!(
+            context.tracestate.as_deref(),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+        );
         for invalid in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -230,7 +204,7 @@ mod tests {
             "garbage",
         ] {
             assert_eq!(
-                TraceContext::from_headers(&map(&[("traceparent", invalid)])),
+                trace_from_headers(&map(&[("traceparent", invalid)])),
                 None,
                 "{invalid}"
             );
@@ -238,9 +212,17 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_context_is_not_passed_on() {
+    fn an_invalid_context_is_not_passed_on_and_a_valid_one_replaces_what_was_there() {
         let mut headers = map(&[("traceparent", "garbage"), ("tracestate", "a=b")]);
         set_trace_context(&mut headers, None);
         assert!(headers.is_empty());
+        let mut headers = map(&[("traceparent", "garbage"), ("tracestate", "a=b")]);
+        let context = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
+        set_trace_context(&mut headers, Some(&context));
+        assert_eq!(names(&headers), ["traceparent"]);
+        assert_eq!(headers["traceparent"], context.traceparent.as_str());
     }
 }

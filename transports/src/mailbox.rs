@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ganglion_codecs::Codec;
 use ganglion_core::frame::{Encoding, OutFrame, Outgoing};
 use ganglion_core::session::Outbox;
-use ganglion_core::telemetry::op_label;
+use ganglion_core::telemetry;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -106,8 +106,7 @@ impl Mailbox {
     /// an overflow the queue is already empty, so the final frame is always accepted.
     pub fn finish(&self, last: Option<OutFrame>, close: Option<Close>) {
         if let Some(frame) = &last {
-            metrics::counter!("ganglion_frames_sent_total", "op" => op_label(Some(frame.op)))
-                .increment(1);
+            telemetry::frames_sent(frame.op).increment(1);
         }
         let bytes = last.map(|f| self.codec.encode(&f));
         let mut state = self.state.lock();
@@ -149,6 +148,8 @@ impl Mailbox {
                 }
             }
             notified.await;
+            // Woken by the first frame of a burst: let the rest of it arrive before taking.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -181,8 +182,7 @@ impl Outbox for Mailbox {
         state.queue.push_back(bytes);
         drop(state);
         self.writable.notify_one();
-        metrics::counter!("ganglion_frames_sent_total", "op" => op_label(Some(frame.frame().op)))
-            .increment(1);
+        telemetry::frames_sent(frame.frame().op).increment(1);
         true
     }
 }

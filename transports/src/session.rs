@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ganglion_codecs::FrameKind;
 use ganglion_core::error::close_code;
-use ganglion_core::telemetry::op_label;
+use ganglion_core::telemetry;
 use ganglion_core::{Conn, Envelope, Fatal, Inbound, OutFrame, Outcome, Router};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -162,12 +162,17 @@ async fn read_loop<R, S>(
     let mut pipelined = 0;
     let deadline = sleep_until(accepted + config.identify_timeout);
     tokio::pin!(deadline);
+    // Created once: re-creating them for every frame registers and drops a waiter each time.
+    let overflowed = mailbox.overflowed();
+    tokio::pin!(overflowed);
+    let draining = shutdown.cancelled();
+    tokio::pin!(draining);
 
     let end = loop {
         tokio::select! {
             biased;
-            () = mailbox.overflowed() => break End::Fatal(Fatal::SlowConsumer),
-            () = shutdown.cancelled() => break End::Goodbye("draining"),
+            () = &mut overflowed => break End::Fatal(Fatal::SlowConsumer),
+            () = &mut draining => break End::Goodbye("draining"),
             () = &mut deadline => {
                 break End::Fatal(if identified {
                     Fatal::HeartbeatTimeout
@@ -180,8 +185,7 @@ async fn read_loop<R, S>(
                     WireIn::Frame { bytes, kind } => {
                         match decode(&conn, &bytes, kind, config.max_frame_bytes) {
                             Ok(envelope) => {
-                                metrics::counter!("ganglion_frames_received_total", "op" => op_label(envelope.op))
-                                    .increment(1);
+                                telemetry::frames_received(envelope.op).increment(1);
                                 envelope
                             }
                             Err(fatal) => break End::Fatal(fatal),

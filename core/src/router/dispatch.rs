@@ -10,7 +10,7 @@ use crate::frame::{Out, OutFrame, Outgoing, TraceContext};
 use crate::query::Query;
 use crate::registry::Recipients;
 use crate::session::{Conn, Identity, Outbox};
-use crate::telemetry::event_label;
+use crate::telemetry::{self, event_label};
 use crate::trace;
 use crate::value::Value;
 
@@ -45,8 +45,7 @@ impl Router {
             "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope, trace),
             "QUERY_NODES" => self.query_nodes(conn, envelope, trace).map(|()| 1),
             "QUEUE" => {
-                metrics::counter!("ganglion_dispatch_total", "t" => "QUEUE", "outcome" => "delivered")
-                    .increment(1);
+                telemetry::dispatch("QUEUE", "delivered").increment(1);
                 return self.queue_push(conn, envelope, trace);
             }
             "QUEUE_REQUEST" => self.queue_request(conn, identity, envelope).map(|()| 1),
@@ -60,7 +59,7 @@ impl Router {
             Err(Invalid::NoRoute { .. }) => "no_route",
             Err(_) => "error",
         };
-        metrics::counter!("ganglion_dispatch_total", "t" => t, "outcome" => outcome).increment(1);
+        telemetry::dispatch(t, outcome).increment(1);
         trace::record_current(|span| {
             span.record("outcome", outcome);
             if let Err(invalid) = &result {
@@ -132,15 +131,16 @@ impl Router {
             let registry = self.registry.read();
             let matched = registry.match_set(&query);
             let matches = matched.len();
-            metrics::histogram!("ganglion_routing_matches", "t" => t).record(matches as f64);
+            telemetry::routing(t).0.record(matches as f64);
             let outboxes: Vec<Arc<dyn Outbox>> = registry
                 .recipients(&query, matched, wanted)
                 .into_iter()
                 .filter_map(|slot| registry.get(slot).map(|r| r.outbox.clone()))
                 .collect();
+            // As i64: OpenTelemetry has no unsigned integers.
             trace::record_current(|span| {
-                span.record("matches", matches);
-                span.record("recipients", outboxes.len());
+                span.record("matches", matches as i64);
+                span.record("recipients", outboxes.len() as i64);
             });
             outboxes
         };
@@ -156,7 +156,8 @@ impl Router {
         for outbox in &outboxes {
             outbox.push(&frame);
         }
-        metrics::histogram!("ganglion_routing_seconds", "t" => t)
+        telemetry::routing(t)
+            .1
             .record(started.elapsed().as_secs_f64());
         Ok(outboxes.len())
     }
@@ -178,7 +179,7 @@ impl Router {
         })?;
         let nodes = self.query_clients(&query);
         trace::record_current(|span| {
-            span.record("matches", nodes.len());
+            span.record("matches", nodes.len() as i64);
         });
         conn.send(
             OutFrame::dispatch(

@@ -12,10 +12,12 @@
 pub mod any;
 pub mod assert;
 pub mod nats;
+pub mod otlp;
 pub mod tcp;
 
 pub use any::{AnyClient, Kind};
 pub use nats::{NatsClient, NatsServer};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use tcp::TcpClient;
 
 use std::collections::HashMap;

@@ -576,7 +576,7 @@ fn delivery_frame(msg: &StoredMessage) -> OutFrame {
         "queue.deliver",
         queue = %msg.queue,
         id = %msg.id,
-        delivery = msg.deliveries,
+        delivery = i64::from(msg.deliveries),
         app = tracing::field::Empty,
         client = tracing::field::Empty,
     );

@@ -178,7 +178,7 @@ async fn forward(proxy: &Proxy, request: http::Request<Body>, span: Span) -> Res
         }
     };
     let status = response.status();
-    span.record("status", status.as_u16());
+    span.record("status", i64::from(status.as_u16()));
     // Status codes are a bounded label: at most a few hundred values.
     metrics::counter!("ganglion_proxy_requests_total", "status" => status.as_str().to_owned())
         .increment(1);

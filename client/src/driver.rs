@@ -219,6 +219,7 @@ impl Driver {
             state.restricted = restricted;
             state.sessions += 1;
             state.reconnect_attempts = 0;
+            state.last_reconnect_error = None;
         });
         // Consumers of the previous connection ask again.
         self.refill(&mut writer);
@@ -310,7 +311,7 @@ impl Driver {
                     tracing::debug!(%error, attempt, "reconnect failed; retrying");
                     self.shared.state.send_modify(|state| {
                         state.reconnect_attempts = attempt;
-                        state.last_disconnect = Some(error.to_string());
+                        state.last_reconnect_error = Some(error.to_string());
                     });
                     if policy.max_attempts.is_some_and(|max| attempt >= max) {
                         return Err(Some(format!(

@@ -29,6 +29,11 @@ impl Messages {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// A message that has already arrived, if any.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Stream for Messages {
@@ -46,6 +51,11 @@ pub struct ClientUpdates {
 impl ClientUpdates {
     pub async fn recv(&mut self) -> Option<ClientUpdate> {
         self.rx.recv().await
+    }
+
+    /// An event that has already arrived, if any.
+    pub fn try_recv(&mut self) -> Option<ClientUpdate> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -81,6 +91,15 @@ impl Consumer {
     pub async fn recv(&mut self) -> Option<QueueMessage> {
         let message = self.rx.recv().await;
         self.took();
+        message
+    }
+
+    /// A message that has already arrived, if any.
+    pub fn try_recv(&mut self) -> Option<QueueMessage> {
+        let message = self.rx.try_recv().ok();
+        if message.is_some() {
+            self.took();
+        }
         message
     }
 

@@ -111,8 +111,11 @@ pub struct State {
     pub sessions: u64,
     /// Failed reconnect attempts since the connection was lost (0 while connected).
     pub reconnect_attempts: u32,
-    /// Why the last connection ended (op 7 reason, op 8 error, close code, I/O error).
+    /// Why the last connection ended (`goodbye: <reason>` after op 7, `op 8: <error>`, a
+    /// close code or an I/O error).
     pub last_disconnect: Option<String>,
+    /// Why the latest reconnect attempt failed (cleared once connected again).
+    pub last_reconnect_error: Option<String>,
     /// The client is closed: by [`crate::Client::close`], or after a fatal error.
     pub closed: bool,
 }

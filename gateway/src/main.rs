@@ -1,4 +1,6 @@
-//! `ganglion`: run a node.
+//! `ganglion`: run a node, or talk to one (the client subcommands in `cli/`).
+
+mod cli;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,10 +25,15 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once; the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node (the default).
     Serve(ServeArgs),
+    /// The client commands: send, broadcast, listen, query, queue (docs/cli.md).
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Client(command)) => std::process::exit(cli::run(command)),
         None => cli.serve,
     };
     let env: HashMap<String, String> = std::env::vars().collect();

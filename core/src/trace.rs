@@ -136,6 +136,11 @@ impl TraceContext {
 /// Continues traces into ganglion's spans. The gateway installs one backed by OpenTelemetry
 /// when it exports spans ([`install`]).
 pub trait Tracer: Send + Sync + 'static {
+    /// Whether a span continuing `parent` (or starting a trace, without one) is recorded: the
+    /// sampling decision, taken before the span exists, so that a span nobody records is
+    /// never built. Frames continue `parent` either way.
+    fn records(&self, parent: Option<&TraceContext>) -> bool;
+
     /// Makes `span` a child of `parent` (or the root of a new trace, if the tracer starts
     /// one) and returns the context that frames caused within `span` carry: `parent`'s
     /// [`child`](TraceContext::child) with the span's id, or, without a parent, the new
@@ -159,6 +164,44 @@ pub fn continue_trace(span: &Span, parent: Option<&TraceContext>) -> Option<Trac
     }
 }
 
+/// Opens one of ganglion's spans with `open` — only when it would be recorded — continued
+/// from `parent`, and returns it with the context the frames caused within it carry. A span
+/// the installed tracer would not record is never built ([`Span::none`]); frames then carry a
+/// child of `parent` with a random span id, or nothing. Without a tracer the span is built
+/// (its filter decides, at the cost of a cached check) and frames get the same random child.
+pub fn traced_span(
+    parent: Option<&TraceContext>,
+    open: impl FnOnce() -> Span,
+) -> (Span, Option<TraceContext>) {
+    match TRACER.get() {
+        Some(tracer) if tracer.records(parent) => {
+            let span = open();
+            let trace = tracer.continue_trace(&span, parent);
+            (span, trace)
+        }
+        Some(_) => (
+            Span::none(),
+            parent.map(|parent| parent.child(random_span_id())),
+        ),
+        None => (open(), parent.map(|parent| parent.child(random_span_id()))),
+    }
+}
+
+/// Opens `open` as a child of the current span when that is one of ganglion's per-message
+/// spans, and [`Span::none`] otherwise: a child of a span that is not recorded would become
+/// an orphan root. One cached check when per-message spans are off.
+pub fn child_span(open: impl FnOnce() -> Span) -> Span {
+    if tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO)
+        && Span::current()
+            .metadata()
+            .is_some_and(|meta| meta.target() == SPAN_TARGET)
+    {
+        open()
+    } else {
+        Span::none()
+    }
+}
+
 /// Opens the span of one inbound op 4 — the root of ganglion's part of its trace, continued
 /// from the envelope's `trace` — and returns it with the context the frames it causes carry
 /// ([`Inbound::trace`](crate::Inbound::trace)). `conn` is the connection it came from, `None`
@@ -170,26 +213,26 @@ pub fn dispatch_span(
     conn: Option<ConnId>,
 ) -> (Span, Option<TraceContext>) {
     let t = event_label(envelope.event_name().unwrap_or_default());
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        parent: None,
-        "dispatch",
-        otel.name = t,
-        t,
-        transport,
-        conn,
-        app = Empty,
-        client = Empty,
-        outcome = Empty,
-        matches = Empty,
-        recipients = Empty,
-        queue = Empty,
-        id = Empty,
-        error = Empty,
-    );
     let parent = TraceContext::from_value(&envelope.trace);
-    let trace = continue_trace(&span, parent.as_ref());
-    (span, trace)
+    traced_span(parent.as_ref(), || {
+        tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "dispatch",
+            otel.name = t,
+            t,
+            transport,
+            conn,
+            app = Empty,
+            client = Empty,
+            outcome = Empty,
+            matches = Empty,
+            recipients = Empty,
+            queue = Empty,
+            id = Empty,
+            error = Empty,
+        )
+    })
 }
 
 /// Runs `record` on the current span when per-message spans are on; otherwise costs one

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, ready};
 
 use ganglion_core::frame::op;
 use ganglion_core::session::ConnState;
-use ganglion_core::trace::{SPAN_TARGET, dispatch_span};
+use ganglion_core::trace::{SPAN_TARGET, dispatch_span, traced_span};
 use ganglion_core::{Conn, Inbound, Outcome, Router, RouterService, Value};
 use tower::{Layer, Service, ServiceBuilder};
 use tracing::Span;
@@ -101,19 +101,22 @@ where
     }
 }
 
-/// The span of an identify, with the ids the client gave.
+/// The span of an identify, with the ids the client gave: the root of a trace of its own,
+/// when the sampler starts one.
 fn identify_span(conn: &Conn, d: &Value) -> Span {
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        parent: None,
-        "identify",
-        transport = conn.transport.as_str(),
-        conn = conn.id,
-        app = Empty,
-        client = Empty,
-        outcome = Empty,
-        reason = Empty,
-    );
+    let (span, _) = traced_span(None, || {
+        tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "identify",
+            transport = conn.transport.as_str(),
+            conn = conn.id,
+            app = Empty,
+            client = Empty,
+            outcome = Empty,
+            reason = Empty,
+        )
+    });
     if !span.is_disabled()
         && let Value::Object(d) = d
     {

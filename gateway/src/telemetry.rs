@@ -110,7 +110,10 @@ pub fn init(config: &Config) -> Result<TelemetryGuard, TelemetryError> {
         .try_init()
         .is_ok();
     if installed && provider.is_some() {
-        ganglion_core::trace::install(OtelTracer);
+        ganglion_core::trace::install(OtelTracer {
+            sampler: config.tracing.sampler,
+            ratio: config.tracing.ratio(),
+        });
     }
     if let (Some(endpoint), true) = (config.tracing.traces_endpoint(), installed) {
         tracing::info!(
@@ -180,36 +183,64 @@ fn provider(
     if let Some(node) = node_id {
         resource = resource.with_attribute(KeyValue::new("service.instance.id", node.to_owned()));
     }
+    // `OtelTracer::records` samples before a span is built; every span built is recorded.
     Ok(SdkTracerProvider::builder()
         .with_span_processor(BatchSpanProcessor::builder(exporter, Tokio).build())
-        .with_sampler(sampler(section))
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource.build())
         .build())
-}
-
-fn sampler(section: &TracingSection) -> Sampler {
-    let ratio = section.ratio();
-    match section.sampler {
-        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
-        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
-        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
-        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        SamplerKind::ParentBasedTraceIdRatio => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
-        }
-    }
 }
 
 // === OtelTracer ===
 
 /// Continues traces into OpenTelemetry spans (installed into core while exporting): the
-/// remote context becomes the span's parent, and frames carry the span's own id. Without an
-/// inbound context, the sampler decides whether ganglion starts a trace.
+/// remote context becomes the span's parent, and frames carry the span's own id.
+///
+/// It samples itself, before a span is built, with the rules of the OpenTelemetry samplers
+/// (`traceidratio` keeps a trace when the low 63 bits of its id fall under the ratio, as every
+/// OpenTelemetry SDK does): a span that is not sampled costs nothing beyond propagation, where
+/// the SDK's own sampler would only decide after the span had been built.
 #[derive(Debug)]
-pub struct OtelTracer;
+pub struct OtelTracer {
+    pub sampler: SamplerKind,
+    /// The ratio of the `…traceidratio` samplers.
+    pub ratio: f64,
+}
+
+impl OtelTracer {
+    /// `traceidratio` for a trace id (for a new trace, a random one).
+    fn ratio_keeps(&self, trace_id: Option<u128>) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        let low = match trace_id {
+            Some(id) => id as u64,
+            None => random_span_id(),
+        };
+        let bound = (self.ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+        (low >> 1) < bound
+    }
+}
 
 impl Tracer for OtelTracer {
+    fn records(&self, parent: Option<&TraceContext>) -> bool {
+        let parent = parent.and_then(TraceContext::parent);
+        match (self.sampler, parent) {
+            (SamplerKind::AlwaysOn, _) => true,
+            (SamplerKind::AlwaysOff, _) => false,
+            (SamplerKind::TraceIdRatio, _) => self.ratio_keeps(parent.map(|p| p.trace_id)),
+            (
+                SamplerKind::ParentBasedAlwaysOn
+                | SamplerKind::ParentBasedAlwaysOff
+                | SamplerKind::ParentBasedTraceIdRatio,
+                Some(parent),
+            ) => parent.is_sampled(),
+            (SamplerKind::ParentBasedAlwaysOn, None) => true,
+            (SamplerKind::ParentBasedAlwaysOff, None) => false,
+            (SamplerKind::ParentBasedTraceIdRatio, None) => self.ratio_keeps(None),
+        }
+    }
+
     fn continue_trace(&self, span: &Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
         let remote = parent.and_then(|context| Some((context, context.parent()?)));
         if let Some((context, parsed)) = remote {
@@ -255,4 +286,75 @@ fn remote_context(context: &TraceContext, parsed: TraceParent) -> OtelContext {
         true,
         state,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+
+    use super::*;
+
+    fn tracer(sampler: SamplerKind, ratio: f64) -> OtelTracer {
+        OtelTracer { sampler, ratio }
+    }
+
+    fn context(trace_id: u128, flags: u8) -> TraceContext {
+        TraceContext::new(
+            TraceParent {
+                trace_id,
+                parent_id: 1,
+                flags,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn parent_based_samplers_follow_the_inbound_flag_and_their_root_rule_otherwise() {
+        let (sampled, unsampled) = (context(7, 1), context(7, 0));
+        for kind in [
+            SamplerKind::ParentBasedAlwaysOn,
+            SamplerKind::ParentBasedAlwaysOff,
+            SamplerKind::ParentBasedTraceIdRatio,
+        ] {
+            let tracer = tracer(kind, 0.0);
+            assert!(tracer.records(Some(&sampled)), "{kind:?}");
+            assert!(!tracer.records(Some(&unsampled)), "{kind:?}");
+        }
+        assert!(tracer(SamplerKind::ParentBasedAlwaysOn, 0.0).records(None));
+        assert!(!tracer(SamplerKind::ParentBasedAlwaysOff, 1.0).records(None));
+        assert!(!tracer(SamplerKind::ParentBasedTraceIdRatio, 0.0).records(None));
+        assert!(tracer(SamplerKind::ParentBasedTraceIdRatio, 1.0).records(None));
+        assert!(tracer(SamplerKind::AlwaysOn, 0.0).records(Some(&unsampled)));
+        assert!(!tracer(SamplerKind::AlwaysOff, 1.0).records(Some(&sampled)));
+    }
+
+    #[test]
+    fn traceidratio_decides_like_the_opentelemetry_sdk() {
+        for ratio in [0.0, 0.1, 0.5, 0.9] {
+            let ours = tracer(SamplerKind::TraceIdRatio, ratio);
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            let mut kept = 0;
+            for _ in 0..2_000 {
+                let trace_id = (u128::from(random_span_id()) << 64) | u128::from(random_span_id());
+                let expected = sdk
+                    .should_sample(
+                        None,
+                        TraceId::from(trace_id),
+                        "SEND",
+                        &SpanKind::Internal,
+                        &[],
+                        &[],
+                    )
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                let decided = ours.records(Some(&context(trace_id, 0)));
+                assert_eq!(decided, expected, "ratio {ratio}, trace {trace_id:032x}");
+                kept += usize::from(decided);
+            }
+            let share = kept as f64 / 2_000.0;
+            assert!((share - ratio).abs() < 0.05, "ratio {ratio}: kept {share}");
+        }
+    }
 }

@@ -609,6 +609,45 @@ async fn a_node_that_samples_nothing_starts_no_trace_but_continues_an_inbound_on
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceidratio_records_the_traces_whose_ids_fall_under_the_ratio_and_frames_carry_a_child_of_every_one()
+ {
+    let receiver = OtlpReceiver::grpc().await;
+    let mut config = Config::default();
+    receiver.export_to(&mut config.tracing);
+    config.tracing.sampler = SamplerKind::TraceIdRatio;
+    config.tracing.sampler_arg = Some(0.5);
+    let telemetry = telemetry::init(&config).expect("telemetry starts");
+    let gw = TestGateway::start().await;
+    let mut a = gw.identify(Enc::Json, "senders", "a").await;
+    let mut b = gw.identify(Enc::Json, "receivers", "b").await;
+    // The decision reads the low 63 bits of the trace id, whatever the sender's flags.
+    let kept = "0af7651916cd43dd0000000000000001";
+    let dropped = "0af7651916cd43ddffffffffffffffff";
+    for trace_id in [dropped, kept] {
+        a.send(traced(
+            "SEND",
+            send_to("receivers", json!(trace_id)),
+            trace(&format!("00-{trace_id}-{PARENT_ID}-01"), None),
+        ))
+        .await;
+        let carried = trace_of(&b.recv().await, None);
+        assert_eq!(carried.trace_id, trace_id);
+        assert_eq!(carried.flags, "01");
+        assert_ne!(carried.parent_id, PARENT_ID);
+    }
+    a.sync().await;
+    let spans = receiver
+        .wait_for(&telemetry, "the kept SEND span", |s| count(s, "SEND") == 1)
+        .await;
+    let send = one(&spans, "SEND", "t", json!("SEND"));
+    assert_eq!(send.trace_id, kept);
+    assert!(
+        spans.iter().all(|s| s.trace_id != dropped),
+        "nothing of the dropped trace: {spans:#?}"
+    );
+}
+
 // === export off ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

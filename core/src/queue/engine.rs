@@ -106,13 +106,15 @@ impl QueueEngine {
         let (done, completion) = oneshot::channel();
         let id = uuid::Uuid::new_v4().to_string();
         // From submission to the confirm: the durable write, in the QUEUE's dispatch span.
-        let span = tracing::info_span!(
-            target: crate::trace::SPAN_TARGET,
-            "queue.confirm",
-            queue = %new.queue,
-            id = %id,
-            outcome = tracing::field::Empty,
-        );
+        let span = crate::trace::child_span(|| {
+            tracing::info_span!(
+                target: crate::trace::SPAN_TARGET,
+                "queue.confirm",
+                queue = %new.queue,
+                id = %id,
+                outcome = tracing::field::Empty,
+            )
+        });
         let mut state = self.state.lock();
         let msg = state.prepare(new, id, now_ms());
         let engine = self.clone();

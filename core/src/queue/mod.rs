@@ -570,21 +570,22 @@ impl Queues {
 /// QUEUE's span through the stored context (SPEC §8.1, §11); the frame carries its context,
 /// so a redelivery is a second child of the same QUEUE.
 fn delivery_frame(msg: &StoredMessage) -> OutFrame {
-    let span = tracing::info_span!(
-        target: crate::trace::SPAN_TARGET,
-        parent: None,
-        "queue.deliver",
-        queue = %msg.queue,
-        id = %msg.id,
-        delivery = i64::from(msg.deliveries),
-        app = tracing::field::Empty,
-        client = tracing::field::Empty,
-    );
+    let (span, trace) = crate::trace::traced_span(msg.trace.as_ref(), || {
+        tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            parent: None,
+            "queue.deliver",
+            queue = %msg.queue,
+            id = %msg.id,
+            delivery = i64::from(msg.deliveries),
+            app = tracing::field::Empty,
+            client = tracing::field::Empty,
+        )
+    });
     if let Some(consumer) = msg.last_consumer.as_ref().filter(|_| !span.is_disabled()) {
         span.record("app", consumer.application_id.as_str());
         span.record("client", consumer.client_id.as_str());
     }
-    let trace = crate::trace::continue_trace(&span, msg.trace.as_ref());
     OutFrame::delivery(
         "QUEUE",
         Out::Value(msg.nonce.clone()),

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use ganglion_core::frame::TraceContext;
 use ganglion_core::query::Query;
-use ganglion_core::trace::{SPAN_TARGET, continue_trace};
+use ganglion_core::trace::{SPAN_TARGET, traced_span};
 use ganglion_core::{Map, Value};
 use serde_json::json;
 use tracing::field::Empty;
@@ -151,20 +151,20 @@ fn proxy_span(
         Method::PATCH => "proxy PATCH",
         _ => "proxy",
     };
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        parent: None,
-        "proxy",
-        otel.name = name,
-        otel.kind = "client",
-        form,
-        method = %method,
-        host = url.host().unwrap_or_default(),
-        status = Empty,
-        error = Empty,
-    );
-    let upstream = continue_trace(&span, parent);
-    (span, upstream)
+    traced_span(parent, || {
+        tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "proxy",
+            otel.name = name,
+            otel.kind = "client",
+            form,
+            method = %method,
+            host = url.host().unwrap_or_default(),
+            status = Empty,
+            error = Empty,
+        )
+    })
 }
 
 /// Sends the request and turns a failure into its answer (SPEC §9.7).

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::auth::SourceKey;
 use crate::frame::{Encoding, OutFrame, Outgoing};
+use crate::query::cache::QueryCache;
 use crate::registry::Slot;
 
 /// Where frames for one connection go. Implemented by the transports' bounded mailbox.
@@ -57,6 +58,8 @@ pub struct Conn {
     pub outbox: Arc<dyn Outbox>,
     /// Where the connection's protocol state machine stands (SPEC §4.1).
     state: Mutex<ConnState>,
+    /// The last target this connection routed to, parsed.
+    pub queries: QueryCache,
 }
 
 /// The lifecycle states of SPEC §4.1 that the router distinguishes.
@@ -94,6 +97,7 @@ impl Conn {
             peer,
             outbox,
             state: Mutex::new(ConnState::AwaitingIdentify),
+            queries: QueryCache::default(),
         }
     }
 

@@ -11,6 +11,7 @@
 //! Selecting the match set from the registry (§6.8) lives in `crate::registry`, which uses the
 //! public AST here to plan index lookups.
 
+pub mod cache;
 pub mod eval;
 pub mod parse;
 pub mod path;

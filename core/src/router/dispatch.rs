@@ -8,6 +8,7 @@ use crate::envelope::Envelope;
 use crate::error::Invalid;
 use crate::frame::{Out, OutFrame, Outgoing, TraceContext};
 use crate::query::Query;
+use crate::query::cache::QueryCache;
 use crate::registry::Recipients;
 use crate::session::{Conn, Identity, Outbox};
 use crate::telemetry::{self, event_label};
@@ -41,8 +42,20 @@ impl Router {
         let result = match t {
             // `Ok(n)`: handled, with `n` recipients for SEND and BROADCAST.
             "UPDATE_METADATA" => self.update_metadata(conn, identity, envelope).map(|()| 1),
-            "SEND" => self.route("SEND", Recipients::One, envelope, trace),
-            "BROADCAST" => self.route("BROADCAST", Recipients::All, envelope, trace),
+            "SEND" => self.route(
+                "SEND",
+                Recipients::One,
+                envelope,
+                trace,
+                Some(&conn.queries),
+            ),
+            "BROADCAST" => self.route(
+                "BROADCAST",
+                Recipients::All,
+                envelope,
+                trace,
+                Some(&conn.queries),
+            ),
             "QUERY_NODES" => self.query_nodes(conn, envelope, trace).map(|()| 1),
             "QUEUE" => {
                 telemetry::dispatch("QUEUE", "delivered").increment(1);
@@ -99,6 +112,7 @@ impl Router {
         wanted: Recipients,
         envelope: Envelope,
         trace: Option<TraceContext>,
+        cache: Option<&QueryCache>,
     ) -> Result<usize, Invalid> {
         let well_formed = envelope
             .d
@@ -117,7 +131,11 @@ impl Router {
         let nonce = d.remove("nonce").unwrap_or(Value::Null);
         let target = d.remove("target").unwrap_or(Value::Null);
         let payload = d.remove("payload").unwrap_or(Value::Null);
-        let query = match Query::parse(&target, self.config.query) {
+        let parsed = match cache {
+            Some(cache) => cache.parse(&target, self.config.query),
+            None => Query::parse(&target, self.config.query).map(Arc::new),
+        };
+        let query = match parsed {
             Ok(query) => query,
             Err(e) => {
                 return Err(Invalid::Query {

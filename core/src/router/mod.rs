@@ -281,7 +281,7 @@ impl Router {
             Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
             _ => Value::Null,
         };
-        let answer = match self.route(t, wanted, envelope, trace.clone()) {
+        let answer = match self.route(t, wanted, envelope, trace.clone(), None) {
             Ok(recipients) => OutFrame::dispatch(
                 "DISPATCH_RESULT",
                 Out::Map(vec![

@@ -5,7 +5,10 @@
 //! Inbound frames are read leniently: every member is decoded as a plain value and interpreted
 //! afterwards, so no server input can make decoding panic or abort the connection.
 
+use std::fmt;
+
 use bytes::Bytes;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -28,17 +31,194 @@ pub(crate) struct Envelope<'a, D: Serialize> {
     pub d: D,
 }
 
-/// A frame as received.
-#[derive(Debug, Default, Deserialize)]
+/// A frame as received. Every member is read leniently: a member of an unexpected type reads
+/// as absent instead of failing the frame, and `d` is read into the fields the client uses
+/// (no map is built for it).
+#[derive(Debug, Default)]
 pub(crate) struct Inbound {
-    #[serde(default)]
-    pub op: Value,
-    #[serde(default)]
-    pub t: Value,
-    #[serde(default)]
-    pub d: Value,
-    #[serde(default)]
-    pub ts: Value,
+    /// `op` when it is a non-negative integer.
+    pub op: Option<u64>,
+    pub t: Name,
+    pub d: Data,
+    /// Whether `d` was an object (dispatches without one are skipped).
+    pub d_is_object: bool,
+    pub ts: Option<i64>,
+}
+
+/// The dispatch names the client handles; anything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Name {
+    Send,
+    Broadcast,
+    Queue,
+    QueueConfirm,
+    QueryNodes,
+    ClientConnected,
+    ClientDisconnected,
+    #[default]
+    Other,
+}
+
+/// The members of `d` the client reads (null when absent, or when `d` is not an object).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Data {
+    pub nonce: Value,
+    pub payload: Value,
+    pub heartbeat_interval: Value,
+    pub restricted: Value,
+    pub error: Value,
+    pub extra_info: Value,
+    pub reason: Value,
+    pub queue: Value,
+    pub id: Value,
+    pub nodes: Value,
+}
+
+impl<'de> Deserialize<'de> for Inbound {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Inbound, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            op: Lenient<u64>,
+            #[serde(default)]
+            t: Name,
+            #[serde(default)]
+            d: Lenient<Data>,
+            #[serde(default)]
+            ts: Lenient<i64>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        Ok(Inbound {
+            op: raw.op.0,
+            t: raw.t,
+            d_is_object: raw.d.0.is_some(),
+            d: raw.d.0.unwrap_or_default(),
+            ts: raw.ts.0,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        struct NameVisitor;
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a dispatch name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Name, E> {
+                Ok(match name {
+                    "SEND" => Name::Send,
+                    "BROADCAST" => Name::Broadcast,
+                    "QUEUE" => Name::Queue,
+                    "QUEUE_CONFIRM" => Name::QueueConfirm,
+                    "QUERY_NODES" => Name::QueryNodes,
+                    "CLIENT_CONNECTED" => Name::ClientConnected,
+                    "CLIENT_DISCONNECTED" => Name::ClientDisconnected,
+                    _ => Name::Other,
+                })
+            }
+            fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<Name, E> {
+                Ok(std::str::from_utf8(name).map_or(Name::Other, |name| {
+                    self.visit_str::<E>(name).unwrap_or(Name::Other)
+                }))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Name, E> {
+                Ok(Name::Other)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Name::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Name, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Name::Other)
+            }
+        }
+        deserializer.deserialize_any(NameVisitor)
+    }
+}
+
+/// A value read as `T` when it has `T`'s shape, and as `None` otherwise (consumed either way).
+struct Lenient<T>(Option<T>);
+
+impl<T> Default for Lenient<T> {
+    fn default() -> Lenient<T> {
+        Lenient(None)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Lenient<T>, D::Error> {
+        // Through a `Value` for anything but the shapes `T` takes directly would cost an
+        // allocation per frame; instead the visitor hands maps and integers to `T` and skips
+        // the rest.
+        struct LenientVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for LenientVisitor<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(
+                    T::deserialize(de::value::U64Deserializer::<E>::new(v)).ok(),
+                ))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(
+                    T::deserialize(de::value::I64Deserializer::<E>::new(v)).ok(),
+                ))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Lenient<T>, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Lenient<T>, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Lenient<T>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Lenient<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|t| Lenient(Some(t)))
+            }
+        }
+        deserializer.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
 }
 
 /// Encodes and decodes frames for one encoding and transport.
@@ -124,17 +304,16 @@ mod tests {
             .encode(&Envelope {
                 op: 4,
                 t: Some("SEND"),
-                d: json!({"i": 1, "f": 1.0, "u": u64::MAX}),
+                d: json!({"payload": {"i": 1, "f": 1.0, "u": u64::MAX}}),
             })
             .unwrap()
         else {
             panic!("msgpack frames are binary");
         };
         let inbound = codec.decode(&bytes).unwrap();
-        assert_eq!(inbound.op, json!(4));
-        assert_eq!(inbound.t, json!("SEND"));
-        assert_eq!(inbound.d, json!({"i": 1, "f": 1.0, "u": u64::MAX}));
-        assert!(inbound.d["f"].is_f64() && inbound.d["i"].is_u64());
+        assert_eq!((inbound.op, inbound.t), (Some(4), Name::Send));
+        assert_eq!(inbound.d.payload, json!({"i": 1, "f": 1.0, "u": u64::MAX}));
+        assert!(inbound.d.payload["f"].is_f64() && inbound.d.payload["i"].is_u64());
     }
 
     #[test]
@@ -145,8 +324,19 @@ mod tests {
         };
         assert!(json.decode(b"not json").is_err());
         assert!(json.decode(b"\"text\"").is_err());
-        let odd = json.decode(br#"{"op":"4","t":7,"extra":1}"#).unwrap();
-        assert_eq!((odd.op, odd.t, odd.d), (json!("4"), json!(7), Value::Null));
+        let odd = json
+            .decode(br#"{"op":"4","t":7,"extra":1,"d":[1,{"a":2}],"ts":"now"}"#)
+            .unwrap();
+        assert_eq!((odd.op, odd.t, odd.ts), (None, Name::Other, None));
+        assert_eq!((&odd.d.payload, &odd.d.nonce), (&Value::Null, &Value::Null));
+        let odd = json
+            .decode(br#"{"op":-4,"t":{"x":[1]},"d":{"payload":[1],"error":{"e":1},"other":2}}"#)
+            .unwrap();
+        assert_eq!((odd.op, odd.t), (None, Name::Other));
+        assert_eq!(
+            (&odd.d.payload, &odd.d.error),
+            (&json!([1]), &json!({"e": 1}))
+        );
         let msgpack = Codec {
             encoding: Encoding::Msgpack,
             transport: Transport::Tcp,

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{Envelope, Inbound, OutFrame};
+use crate::codec::{Data, Envelope, Inbound, Name, OutFrame};
 use crate::error::{Error, Result};
 use crate::metadata::Metadata;
 use crate::session::{self, Session, Settings};
@@ -262,7 +262,9 @@ impl Driver {
                     }
                 }
                 _ = ticker.tick() => {
-                    if self.syncs.iter().any(|s| matches!(s, Sync::Auto)) {
+                    // An ack still owed from the last tick means a dead connection, unless the
+                    // reads are paused for a full stream (the ack is unread, not missing).
+                    if self.held.is_none() && self.syncs.iter().any(|s| matches!(s, Sync::Auto)) {
                         return self.lost(format!("no heartbeat ack within {heartbeat:?}"));
                     }
                     self.push_sync(&mut writer, Sync::Auto);
@@ -586,27 +588,19 @@ impl Driver {
                 return;
             }
         };
-        match frame.op.as_u64() {
+        match frame.op {
             Some(4) => self.on_dispatch(frame, writer),
             Some(6) => self.on_heartbeat_ack(),
             Some(3) => self.on_invalid(frame.d),
             Some(7) => {
-                let reason = frame
-                    .d
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let reason = frame.d.reason.as_str().unwrap_or_default();
                 self.farewell = Some((format!("goodbye: {reason}"), true));
             }
             Some(8) => {
-                let error = frame
-                    .d
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let error = frame.d.error.as_str().unwrap_or_default();
                 self.farewell = Some((format!("op 8: {error}"), false));
             }
-            _ => tracing::debug!(op = %frame.op, "skipping an unexpected frame"),
+            op => tracing::debug!(?op, "skipping an unexpected frame"),
         }
     }
 
@@ -632,44 +626,47 @@ impl Driver {
     }
 
     fn on_dispatch(&mut self, frame: Inbound, writer: &mut Writer) {
-        let Inbound { t, d, ts, .. } = frame;
-        let Value::Object(mut d) = d else {
-            tracing::debug!(%t, "skipping a dispatch without an object d");
+        let Inbound {
+            t,
+            d,
+            d_is_object,
+            ts,
+            ..
+        } = frame;
+        if !d_is_object {
+            tracing::debug!(?t, "skipping a dispatch whose d is not an object");
             return;
-        };
-        let ts = ts.as_i64();
-        match t.as_str().unwrap_or_default() {
-            "SEND" => self.on_message(Event::Send, &mut d, ts),
-            "BROADCAST" => self.on_message(Event::Broadcast, &mut d, ts),
-            "QUEUE" => self.on_queue_delivery(&mut d, ts, writer),
-            "QUEUE_CONFIRM" => {
-                let nonce = d.get("nonce").and_then(Value::as_str).unwrap_or_default();
+        }
+        match t {
+            Name::Send => self.on_message(Event::Send, d, ts),
+            Name::Broadcast => self.on_message(Event::Broadcast, d, ts),
+            Name::Queue => self.on_queue_delivery(d, ts, writer),
+            Name::QueueConfirm => {
+                let nonce = d.nonce.as_str().unwrap_or_default();
                 if let Some(reply) = self.publishes.remove(nonce) {
                     let confirm = QueueConfirm {
-                        queue: take_string(&mut d, "queue"),
-                        id: take_string(&mut d, "id"),
-                        nonce: d.remove("nonce").unwrap_or(Value::Null),
+                        queue: into_string(d.queue),
+                        id: into_string(d.id),
+                        nonce: d.nonce,
                     };
                     let _ = reply.send(Ok(confirm));
                 }
             }
-            "QUERY_NODES" => {
-                let nonce = d.get("nonce").and_then(Value::as_str).unwrap_or_default();
+            Name::QueryNodes => {
+                let nonce = d.nonce.as_str().unwrap_or_default();
                 if let Some(reply) = self.queries.remove(nonce) {
-                    let nodes = d.remove("nodes").unwrap_or(Value::Null);
-                    let nodes = serde_json::from_value(nodes)
+                    let nodes = serde_json::from_value(d.nodes)
                         .map_err(|e| Error::Protocol(format!("QUERY_NODES reply: {e}")));
                     let _ = reply.send(nodes);
                 }
             }
-            event @ ("CLIENT_CONNECTED" | "CLIENT_DISCONNECTED") => {
-                let mut payload = match d.remove("payload") {
-                    Some(Value::Object(payload)) => payload,
-                    _ => return,
+            event @ (Name::ClientConnected | Name::ClientDisconnected) => {
+                let Value::Object(mut payload) = d.payload else {
+                    return;
                 };
                 let application_id = take_string(&mut payload, "app");
                 let client_id = take_string(&mut payload, "client_id");
-                let update = if event == "CLIENT_CONNECTED" {
+                let update = if event == Name::ClientConnected {
                     ClientUpdate::ClientConnected {
                         application_id,
                         client_id,
@@ -682,13 +679,12 @@ impl Driver {
                 };
                 self.deliver_update(update);
             }
-            other => tracing::debug!(t = other, "skipping an unknown dispatch"),
+            Name::Other => tracing::debug!("skipping a dispatch the client does not handle"),
         }
     }
 
-    fn on_message(&mut self, event: Event, d: &mut Map<String, Value>, ts: Option<i64>) {
-        let nonce = d.remove("nonce").unwrap_or(Value::Null);
-        let payload = d.remove("payload").unwrap_or(Value::Null);
+    fn on_message(&mut self, event: Event, d: Data, ts: Option<i64>) {
+        let Data { nonce, payload, .. } = d;
         if event == Event::Send
             && let Some(id) = nonce.get("reply").and_then(Value::as_str)
         {
@@ -751,14 +747,9 @@ impl Driver {
         }
     }
 
-    fn on_queue_delivery(
-        &mut self,
-        d: &mut Map<String, Value>,
-        ts: Option<i64>,
-        writer: &mut Writer,
-    ) {
-        let nonce = d.remove("nonce").unwrap_or(Value::Null);
-        let Some(Value::Object(mut envelope)) = d.remove("payload") else {
+    fn on_queue_delivery(&mut self, d: Data, ts: Option<i64>, writer: &mut Writer) {
+        let Data { nonce, payload, .. } = d;
+        let Value::Object(mut envelope) = payload else {
             tracing::debug!("skipping a queue delivery without a payload object");
             return;
         };
@@ -787,13 +778,9 @@ impl Driver {
         self.refill(writer);
     }
 
-    fn on_invalid(&mut self, d: Value) {
-        let error = d
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let extra_info = d.get("extra_info").cloned().unwrap_or(Value::Null);
+    fn on_invalid(&mut self, d: Data) {
+        let error = d.error.as_str().unwrap_or_default().to_owned();
+        let extra_info = d.extra_info;
         if error == "invalid metadata" {
             let failed = self.syncs.iter_mut().find_map(|sync| match sync {
                 Sync::Metadata { reply, .. } if reply.is_some() => reply.take(),
@@ -881,10 +868,15 @@ async fn held_fits(
 }
 
 fn take_string(map: &mut Map<String, Value>, key: &str) -> String {
-    match map.remove(key) {
-        Some(Value::String(s)) => s,
-        Some(other) => other.to_string(),
-        None => String::new(),
+    map.remove(key).map(into_string).unwrap_or_default()
+}
+
+/// A string as itself, anything else as its JSON text (null as empty).
+fn into_string(value: Value) -> String {
+    match value {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 

@@ -73,18 +73,21 @@ pub(crate) async fn open(settings: &Settings, metadata: &Metadata) -> Result<Ses
         )
         .await?;
         let hello = next_frame(&mut reader, codec, &settings.dsn.authority()).await?;
-        if hello.op.as_u64() != Some(0) {
+        if hello.op != Some(0) {
+            let op = hello.op.map_or_else(|| "?".to_owned(), |op| op.to_string());
             return Err(Error::Protocol(format!(
-                "expected hello (op 0) first, got op {}",
-                hello.op
+                "expected hello (op 0) first, got op {op}"
             )));
         }
         let heartbeat = hello
             .d
-            .get("heartbeat_interval")
-            .and_then(Value::as_u64)
+            .heartbeat_interval
+            .as_u64()
             .filter(|ms| *ms > 0)
-            .map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
+            // A day at most: timers are set from it, and no server sends more.
+            .map_or(DEFAULT_HEARTBEAT, |ms| {
+                Duration::from_millis(ms.min(86_400_000))
+            });
         let mut metadata = metadata.clone();
         metadata.insert(INBOX_KEY, MetadataValue::String(settings.inbox.clone()));
         let identify = Identify {
@@ -107,9 +110,9 @@ pub(crate) async fn open(settings: &Settings, metadata: &Metadata) -> Result<Ses
         })?;
         loop {
             let frame = next_frame(&mut reader, codec, &settings.dsn.authority()).await?;
-            match frame.op.as_u64() {
+            match frame.op {
                 Some(2) => {
-                    let restricted = frame.d.get("restricted") == Some(&Value::Bool(true));
+                    let restricted = frame.d.restricted == Value::Bool(true);
                     if restricted && settings.auth.is_some() {
                         return Err(Error::AuthFailed);
                     }
@@ -122,13 +125,8 @@ pub(crate) async fn open(settings: &Settings, metadata: &Metadata) -> Result<Ses
                 }
                 Some(8) => {
                     return Err(Error::Rejected {
-                        error: frame
-                            .d
-                            .get("error")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        extra_info: frame.d.get("extra_info").cloned().unwrap_or(Value::Null),
+                        error: frame.d.error.as_str().unwrap_or_default().to_owned(),
+                        extra_info: frame.d.extra_info,
                     });
                 }
                 // Nothing else is sent before ready; anything odd is skipped.

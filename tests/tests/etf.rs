@@ -1,7 +1,6 @@
 //! ETF over real websockets (SPEC §2.7, §4.4; checklist items 4 and 11): the key typing of
 //! every kind of frame ganglion sends, ETF alongside JSON, restricted clients, and malformed
-//! terms. (The `trace` object's atom keys are checked at the codec, `codecs/tests/etf.rs`,
-//! until the router propagates trace context, SPEC §11.)
+//! terms, and the `trace` object (SPEC §11) on a delivery.
 //!
 //! The test client encodes and decodes with the `eetf` crate, not with ganglion's codec, so a
 //! bug in the codec cannot hide behind the same bug here. Decoded frames are shown as JSON with
@@ -504,6 +503,36 @@ async fn a_delivered_send_has_atom_keys_target_nonce_payload_and_the_payload_kee
     );
     sender.expect_nothing().await;
     receiver.expect_nothing().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_context_travels_with_atom_keys_and_binary_values() {
+    let gw = TestGateway::start().await;
+    let mut receiver = EtfClient::identify(&gw, "recv", "r").await;
+    let mut sender = EtfClient::identify(&gw, "send", "s").await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // Inbound, the keys of `trace` may be atoms or binaries.
+    sender
+        .send(&json!({":op": 4, ":t": "SEND",
+                      ":d": {"target": {"application": "recv"}, "payload": 1},
+                      ":trace": {":traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE"}}))
+        .await;
+    let got = receiver.recv().await;
+    assert_envelope(&got);
+    let trace = &got[":trace"];
+    assert_eq!(keys(trace), [":traceparent", ":tracestate"], "{got}");
+    let carried = trace[":traceparent"]
+        .as_str()
+        .expect("a binary traceparent");
+    assert_eq!(carried[..36], traceparent[..36], "the sender's trace id");
+    assert_eq!(&carried[52..], "-01", "the sender's flags");
+    assert_ne!(
+        carried[36..52],
+        traceparent[36..52],
+        "ganglion's span is the parent"
+    );
+    assert_eq!(trace[":tracestate"], "congo=t61rcWkgMzE");
+    sender.expect_nothing().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,30 @@ pub enum SamplerKind {
     ParentBasedTraceIdRatio,
 }
 
+impl OtlpProtocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+            OtlpProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+impl SamplerKind {
+    /// The name `OTEL_TRACES_SAMPLER` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SamplerKind::AlwaysOn => "always_on",
+            SamplerKind::AlwaysOff => "always_off",
+            SamplerKind::TraceIdRatio => "traceidratio",
+            SamplerKind::ParentBasedAlwaysOn => "parentbased_always_on",
+            SamplerKind::ParentBasedAlwaysOff => "parentbased_always_off",
+            SamplerKind::ParentBasedTraceIdRatio => "parentbased_traceidratio",
+        }
+    }
+}
+
 impl Default for TracingSection {
     fn default() -> Self {
         TracingSection {
@@ -938,6 +962,27 @@ mod tests {
             SamplerKind::TraceIdRatio,
             "flags beat everything"
         );
+    }
+
+    #[test]
+    fn every_sampler_and_protocol_is_read_by_the_name_it_is_shown_with() {
+        for sampler in [
+            SamplerKind::AlwaysOn,
+            SamplerKind::AlwaysOff,
+            SamplerKind::TraceIdRatio,
+            SamplerKind::ParentBasedAlwaysOn,
+            SamplerKind::ParentBasedAlwaysOff,
+            SamplerKind::ParentBasedTraceIdRatio,
+        ] {
+            let vars = env(&[("OTEL_TRACES_SAMPLER", sampler.as_str())]);
+            let config = Config::load(&vars, &Overrides::default()).unwrap();
+            assert_eq!(config.tracing.sampler, sampler);
+        }
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+            let vars = env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.as_str())]);
+            let config = Config::load(&vars, &Overrides::default()).unwrap();
+            assert_eq!(config.tracing.otlp_protocol, protocol);
+        }
     }
 
     #[test]

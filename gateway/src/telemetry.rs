@@ -118,8 +118,8 @@ pub fn init(config: &Config) -> Result<TelemetryGuard, TelemetryError> {
     if let (Some(endpoint), true) = (config.tracing.traces_endpoint(), installed) {
         tracing::info!(
             %endpoint,
-            protocol = ?config.tracing.otlp_protocol,
-            sampler = ?config.tracing.sampler,
+            protocol = config.tracing.otlp_protocol.as_str(),
+            sampler = config.tracing.sampler.as_str(),
             ratio = config.tracing.ratio(),
             "exporting spans over OTLP"
         );

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use ganglion_core::frame::TraceContext;
 use ganglion_core::value::write_json_str;
-use ganglion_core::{Encoding, Out, OutFrame, Value};
+use ganglion_core::{Encoding, Envelope, Out, OutFrame, Value};
 
 use crate::{Codec, DecodeError};
 
@@ -27,6 +27,10 @@ impl Codec for Json {
 
     fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
         decode(bytes)
+    }
+
+    fn decode_envelope(&self, bytes: &[u8], _max: usize) -> Result<Envelope, DecodeError> {
+        decode_envelope(bytes)
     }
 
     fn encode(&self, frame: &OutFrame) -> Bytes {
@@ -56,6 +60,99 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
         Ok(value @ Value::Object(_)) => Ok(value),
         Ok(_) => Err(DecodeError::new("the top-level value is not an object")),
         Err(e) => Err(DecodeError::new(e.to_string())),
+    }
+}
+
+/// A frame straight into an [`Envelope`]: top-level member names are matched as borrowed
+/// strings instead of becoming a map with owned keys. Every value, known member or not, is
+/// decoded into the data model, so a frame is refused or accepted exactly as by [`decode`].
+pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    use serde::Deserializer as _;
+    let first = bytes
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    match first {
+        None => return Err(DecodeError::new("empty payload")),
+        Some((_, b'{')) => {}
+        Some((at, _)) => {
+            return Err(DecodeError::at("the top-level value is not an object", at));
+        }
+    }
+    let rewritten = integer_negative_zeros(bytes);
+    let bytes = rewritten.as_deref().unwrap_or(bytes);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let envelope = de
+        .deserialize_map(EnvelopeVisitor)
+        .and_then(|envelope| de.end().map(|()| envelope));
+    envelope.map_err(|e| DecodeError::new(e.to_string()))
+}
+
+/// The top-level members ganglion reads.
+enum Member {
+    Op,
+    D,
+    T,
+    Ts,
+    Trace,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Member, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Member;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Member, E> {
+                Ok(match name {
+                    "op" => Member::Op,
+                    "d" => Member::D,
+                    "t" => Member::T,
+                    "ts" => Member::Ts,
+                    "trace" => Member::Trace,
+                    _ => Member::Other,
+                })
+            }
+        }
+        de.deserialize_identifier(Name)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let (mut op, mut d, mut t, mut ts, mut trace) = (
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        );
+        while let Some(member) = map.next_key::<Member>()? {
+            let value: Value = map.next_value()?;
+            // A repeated member: the last occurrence wins (SPEC §2.4).
+            match member {
+                Member::Op => op = value,
+                Member::D => d = value,
+                Member::T => t = value,
+                Member::Ts => ts = value,
+                Member::Trace => trace = value,
+                Member::Other => {}
+            }
+        }
+        Ok(Envelope::from_parts(&op, d, t, ts, trace))
     }
 }
 

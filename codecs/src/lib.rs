@@ -31,7 +31,7 @@ mod msgpack;
 
 use bytes::Bytes;
 use ganglion_core::value::MAX_DECODE_DEPTH;
-use ganglion_core::{Encoding, OutFrame, Outgoing, Value};
+use ganglion_core::{Encoding, Envelope, OutFrame, Outgoing, Value};
 
 pub use error::{DecodeError, EncodeError};
 pub use etf::Etf;
@@ -84,6 +84,19 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
         self.decode(bytes)
     }
 
+    /// Decodes one frame straight into an [`Envelope`]. Codecs override it to read the
+    /// top-level members without building a map for them; unknown members are still decoded
+    /// (so still validated) and then dropped. The default decodes to a [`Value`] first.
+    fn decode_envelope(
+        &self,
+        bytes: &[u8],
+        max_frame_bytes: usize,
+    ) -> Result<Envelope, DecodeError> {
+        let value = self.decode_limited(bytes, max_frame_bytes)?;
+        Envelope::from_value(value)
+            .map_err(|_| DecodeError::new("the top-level value is not an object"))
+    }
+
     /// Encodes one outbound frame: `op`, `d`, `t` and `ts` always, `trace` when present.
     fn encode(&self, frame: &OutFrame) -> Bytes;
 
@@ -123,6 +136,20 @@ pub fn decode_limited(
     match encoding {
         Encoding::Etf => etf::decode(bytes, max_frame_bytes),
         Encoding::Json | Encoding::Msgpack => decode(encoding, bytes),
+    }
+}
+
+/// Decodes one complete inbound frame in `encoding` into an [`Envelope`], under the frame
+/// size limit (see [`Codec::decode_envelope`]).
+pub fn decode_envelope(
+    encoding: Encoding,
+    bytes: &[u8],
+    max_frame_bytes: usize,
+) -> Result<Envelope, DecodeError> {
+    match encoding {
+        Encoding::Json => Json.decode_envelope(bytes, max_frame_bytes),
+        Encoding::Msgpack => Msgpack.decode_envelope(bytes, max_frame_bytes),
+        Encoding::Etf => Etf.decode_envelope(bytes, max_frame_bytes),
     }
 }
 

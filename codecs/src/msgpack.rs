@@ -10,7 +10,7 @@ mod decode;
 mod encode;
 
 use bytes::Bytes;
-use ganglion_core::{Encoding, OutFrame, Value};
+use ganglion_core::{Encoding, Envelope, OutFrame, Value};
 
 use crate::{Codec, DecodeError};
 
@@ -26,6 +26,10 @@ pub struct Msgpack;
 impl Codec for Msgpack {
     fn encoding(&self) -> Encoding {
         Encoding::Msgpack
+    }
+
+    fn decode_envelope(&self, bytes: &[u8], _max: usize) -> Result<Envelope, DecodeError> {
+        decode::decode_envelope(bytes)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {

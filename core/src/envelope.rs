@@ -24,18 +24,31 @@ impl Envelope {
         let Value::Object(mut map) = value else {
             return Err(Fatal::Decode(Some("the frame is not an object".into())));
         };
-        let op = match map.get("op") {
-            Some(Value::Int(n)) => u8::try_from(*n).ok().filter(|op| *op <= 8),
+        let op = map.get("op").cloned().unwrap_or(Value::Null);
+        let mut take = |key: &str| map.remove(key).unwrap_or(Value::Null);
+        Ok(Envelope::from_parts(
+            &op,
+            take("d"),
+            take("t"),
+            take("ts"),
+            take("trace"),
+        ))
+    }
+
+    /// An envelope from the top-level members a decoder found (absent members are null), so
+    /// codecs can fill it without building a map for the top level.
+    pub fn from_parts(op: &Value, d: Value, t: Value, ts: Value, trace: Value) -> Envelope {
+        let op = match op {
+            Value::Int(n) => u8::try_from(*n).ok().filter(|op| *op <= 8),
             _ => None,
         };
-        let mut take = |key: &str| map.remove(key).unwrap_or(Value::Null);
-        Ok(Envelope {
+        Envelope {
             op,
-            d: take("d"),
-            t: take("t"),
-            ts: take("ts"),
-            trace: take("trace"),
-        })
+            d,
+            t,
+            ts,
+            trace,
+        }
     }
 
     /// `t` when it is a string.

@@ -319,9 +319,8 @@ fn decode(
             encoding: conn.encoding,
         });
     }
-    let value = ganglion_codecs::decode_limited(conn.encoding, bytes, max_frame_bytes)
-        .map_err(|e| Fatal::Decode(Some(e.to_string())))?;
-    Envelope::from_value(value)
+    ganglion_codecs::decode_envelope(conn.encoding, bytes, max_frame_bytes)
+        .map_err(|e| Fatal::Decode(Some(e.to_string())))
 }
 
 /// Drains the mailbox into the connection: every frame queued at once is fed, then flushed

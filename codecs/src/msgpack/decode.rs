@@ -5,7 +5,7 @@
 //! the capacity, and strings are copied only after their bytes were found to be there. Errors
 //! carry a static text and the offset of the offending marker, so building one costs nothing.
 
-use ganglion_core::{Map, Value};
+use ganglion_core::{Envelope, Map, Value};
 
 use super::marker::*;
 use crate::{DecodeError, MAX_NESTING};
@@ -26,6 +26,46 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
         ));
     }
     Ok(value)
+}
+
+/// A frame straight into an [`Envelope`]: the top-level map's members are matched by their key
+/// bytes instead of becoming a map with owned keys.
+pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let mut reader = Reader { bytes, pos: 0 };
+    let len = match reader.u8() {
+        Err(_) => return Err(DecodeError::new("empty payload")),
+        Ok(m @ 0x80..=0x8f) => usize::from(m & 0x0f),
+        Ok(m @ (MAP16 | MAP32)) => reader.len(m)?,
+        Ok(_) => return Err(DecodeError::at("the top-level value is not a map", 0)),
+    };
+    let depth = nest(0, 0)?;
+    let (mut op, mut d, mut t, mut ts, mut trace) = (
+        Value::Null,
+        Value::Null,
+        Value::Null,
+        Value::Null,
+        Value::Null,
+    );
+    for _ in 0..len {
+        let key = reader.key_bytes()?;
+        let value = reader.value(depth)?;
+        // A repeated key: the last occurrence wins (SPEC §2.4).
+        match key {
+            b"op" => op = value,
+            b"d" => d = value,
+            b"t" => t = value,
+            b"ts" => ts = value,
+            b"trace" => trace = value,
+            _ => {}
+        }
+    }
+    if reader.pos != bytes.len() {
+        return Err(DecodeError::at(
+            "trailing bytes after the top-level value",
+            reader.pos,
+        ));
+    }
+    Ok(Envelope::from_parts(&op, d, t, ts, trace))
 }
 
 fn is_map(m: u8) -> bool {
@@ -110,6 +150,22 @@ impl<'a> Reader<'a> {
             map.insert(key, value);
         }
         Ok(Value::Object(map))
+    }
+
+    /// A map key's bytes, checked to be UTF-8 like [`Reader::key`], without copying them.
+    fn key_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let at = self.pos;
+        let m = self.u8()?;
+        let len = match m {
+            0xa0..=0xbf => usize::from(m & 0x1f),
+            STR8 | STR16 | STR32 | BIN8 | BIN16 | BIN32 => self.len(m)?,
+            _ => return Err(DecodeError::at("a map key is not a string", at)),
+        };
+        let bytes = self.take(len)?;
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(bytes),
+            Err(_) => Err(DecodeError::at("a map key is not valid UTF-8", at)),
+        }
     }
 
     /// A map key: a str, or a bin holding UTF-8 (it decodes to a string like any bin).

@@ -221,6 +221,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
     }
 }
 
+/// Room reserved for an outbound frame: enough for a small dispatch with its query, so most
+/// frames are written without the buffer growing.
+const FRAME_CAPACITY: usize = 512;
+
 /// Encodes and decodes frames for one encoding and transport.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Codec {
@@ -236,13 +240,13 @@ impl Codec {
                 .map(OutFrame::Text)
                 .map_err(|e| fail(&e)),
             (Transport::WebSocket, Encoding::Msgpack) => {
-                let mut body = Vec::with_capacity(128);
+                let mut body = Vec::with_capacity(FRAME_CAPACITY);
                 rmp_serde::encode::write_named(&mut body, frame).map_err(|e| fail(&e))?;
                 Ok(OutFrame::Binary(body.into()))
             }
             (Transport::Tcp, encoding) => {
                 // The 4-byte big-endian length goes in front of the body (SPEC §2.2).
-                let mut buf = Vec::with_capacity(132);
+                let mut buf = Vec::with_capacity(FRAME_CAPACITY);
                 buf.extend_from_slice(&[0; 4]);
                 match encoding {
                     Encoding::Json => {

@@ -34,6 +34,13 @@ impl Messages {
     pub fn try_recv(&mut self) -> Option<Message> {
         self.rx.try_recv().ok()
     }
+
+    /// Waits for at least one message, then appends up to `limit` that have arrived to
+    /// `buffer`; returns how many (0 once the client is closed). Cheaper per message than
+    /// [`Messages::recv`] for consumers of many small messages.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Message>, limit: usize) -> usize {
+        self.rx.recv_many(buffer, limit).await
+    }
 }
 
 impl Stream for Messages {

@@ -110,15 +110,20 @@ struct Running {
 
 impl Running {
     async fn listen(args: &[&str]) -> Running {
+        Running::start(args, "listening as ").await
+    }
+
+    /// Starts a command and waits for its first stderr line, which starts with `ready`.
+    async fn start(args: &[&str], ready: &str) -> Running {
         let mut child = ganglion(args).spawn().expect("the ganglion binary starts");
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let first = tokio::time::timeout(patience(), stderr.next_line())
             .await
-            .expect("listen reports in time")
+            .expect("the command reports in time")
             .unwrap()
             .expect("a line on stderr");
-        assert!(first.starts_with("listening as "), "{first}");
+        assert!(first.starts_with(ready), "{first}");
         Running {
             child,
             stdout,
@@ -570,4 +575,48 @@ async fn errors_users_make_are_explained_with_a_nonzero_exit() {
         "{}",
         unreachable.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_and_queue_pull_stop_cleanly_on_ctrl_c() {
+    let node = TestNode::start("sigint");
+    let dsn = node.dsn();
+    for (args, ready) in [
+        (
+            vec![
+                "listen",
+                "--dsn",
+                dsn.as_str(),
+                "--app",
+                "quiet",
+                "--client-id",
+                "l",
+            ],
+            "listening as quiet/l",
+        ),
+        (
+            vec![
+                "queue",
+                "pull",
+                "--dsn",
+                dsn.as_str(),
+                "--app",
+                "quiet",
+                "--client-id",
+                "p",
+                "idle",
+            ],
+            "pulling idle as quiet/p",
+        ),
+    ] {
+        let running = Running::start(&args, ready).await;
+        let pid = running.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let (code, out, err) = running.finished().await;
+        assert_eq!((code, out, err), (Some(0), vec![], vec![]), "{args:?}");
+    }
 }

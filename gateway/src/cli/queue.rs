@@ -241,6 +241,14 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
     let client = connect(&args.connect).await?;
     let result = async {
         let mut consumer = client.consume(&args.queue).await?;
+        // Once the node has the request: scripts wait for this line.
+        client.sync().await?;
+        eprintln!(
+            "pulling {} as {}/{} (ctrl-c to stop)",
+            args.queue,
+            client.application_id(),
+            client.client_id()
+        );
         let mut received = 0u64;
         while args.count.is_none_or(|count| received < count) {
             let message = tokio::select! {

@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 
 use super::args::ConnectArgs;
 use super::output::Output;
-use super::{Failure, interrupted};
+use super::{Failure, Interrupt};
 
 #[derive(Debug, clap::Args)]
 pub struct ListenArgs {
@@ -25,6 +25,7 @@ pub async fn listen(args: ListenArgs) -> Result<(), Failure> {
     let output = Output {
         json: args.connect.json,
     };
+    let mut interrupt = Interrupt::new();
     let client = args
         .connect
         .builder()?
@@ -50,7 +51,7 @@ pub async fn listen(args: ListenArgs) -> Result<(), Failure> {
             break Ok(());
         }
         tokio::select! {
-            () = interrupted() => break Ok(()),
+            () = interrupt.recv() => break Ok(()),
             message = messages.recv() => {
                 let Some(message) = message else {
                     break Err(Failure::runtime(closed_reason(&client)));

@@ -125,18 +125,38 @@ async fn connect(connect: &ConnectArgs) -> Result<Client, Failure> {
     Ok(connect.builder()?.connect().await?)
 }
 
-/// Resolves on ctrl-c (or SIGTERM).
-async fn interrupted() {
+/// Ctrl-c (or SIGTERM), caught from the moment it is created: commands that run until
+/// interrupted create it before they announce themselves, so a signal sent right after the
+/// announcement stops them cleanly instead of killing them.
+pub struct Interrupt {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Interrupt {
+    pub fn new() -> Interrupt {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)))
+                .ok();
+            Interrupt { signals }
+        }
+        #[cfg(not(unix))]
+        Interrupt {}
+    }
+
+    /// Resolves on the next ctrl-c or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((int, term)) = &mut self.signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

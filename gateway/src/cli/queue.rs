@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::args::{ConnectArgs, TargetArgs, payload};
 use super::output::Output;
-use super::{Failure, connect, interrupted};
+use super::{Failure, Interrupt, connect};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCommand {
@@ -238,6 +238,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
     let output = Output {
         json: args.connect.json,
     };
+    let mut interrupt = Interrupt::new();
     let client = connect(&args.connect).await?;
     let result = async {
         let mut consumer = client.consume(&args.queue).await?;
@@ -252,7 +253,7 @@ async fn pull(args: PullArgs) -> Result<(), Failure> {
         let mut received = 0u64;
         while args.count.is_none_or(|count| received < count) {
             let message = tokio::select! {
-                () = interrupted() => break,
+                () = interrupt.recv() => break,
                 message = consumer.recv() => message,
             };
             let Some(message) = message else {

@@ -154,8 +154,8 @@ async fn malformed_and_odd_frames_after_ready_are_skipped_and_the_connection_kee
     }
     peer.send(json!({"op": 4, "t": "SEND", "d": {"target": null, "nonce": "ok", "payload": "after"}, "ts": 1}))
         .await;
-    // The only message among all that is the well-formed one sent last... and the one whose
-    // reply nonce is not ours (a number), delivered as an ordinary message.
+    // Of all that, two are messages: a SEND whose `reply` nonce names no request of ours (so it
+    // is an ordinary message), and the well-formed SEND sent last.
     let first = tokio::time::timeout(patience(), messages.recv())
         .await
         .unwrap()

@@ -920,8 +920,12 @@ async fn broadcast_reaches_every_match_exactly_once_including_the_sender() {
                 json!({"target": {"application": "fan", "ops": []}, "payload": payload}),
             )
             .await;
-        for client in &mut clients {
-            let frames = client.sync().await;
+        // The sender first: its heartbeat's ack proves the BROADCAST was handled, and so every
+        // delivery queued, before the others' heartbeats (other connections are not ordered
+        // with it).
+        let order = std::iter::once(sender).chain((0..clients.len()).filter(|i| *i != sender));
+        for i in order {
+            let frames = clients[i].sync().await;
             assert_eq!(frames.len(), 1, "one BROADCAST each: {frames:?}");
             assert_eq!(
                 expect_delivery(&frames[0], "BROADCAST"),

@@ -83,8 +83,7 @@ fn setup(encoding: Encoding) -> Setup {
 }
 
 fn route_one(s: &Setup) {
-    let value = s.codec.decode(&s.frame).expect("decode");
-    let envelope = Envelope::from_value(value).expect("envelope");
+    let envelope = s.codec.decode_envelope(&s.frame, 1 << 20).expect("decode");
     std::hint::black_box(s.router.handle(&s.sender, envelope, None));
 }
 

@@ -229,6 +229,7 @@ fn write_out(out: &Out, buf: &mut String) {
         Out::Int(i) => write_int(i, buf),
         Out::Str(s) => write_json_str(s, buf),
         Out::Value(v) => v.write_json(buf),
+        Out::Raw(raw) => raw.value().write_json(buf),
         Out::Map(entries) => write_object(entries.iter().map(|(k, v)| (*k, v)), buf),
         Out::BinMap(entries) => write_object(entries.iter().map(|(k, v)| (&**k, v)), buf),
         Out::List(items) => {
@@ -311,6 +312,8 @@ fn out_len_hint(out: &Out) -> usize {
         Out::Int(i) => int_len(*i),
         Out::Str(s) => str_len_hint(s),
         Out::Value(v) => value_len_hint(v),
+        // A hint only: about as long as its binary form.
+        Out::Raw(raw) => raw.bytes.len(),
         Out::Map(entries) => object_len_hint(entries.iter().map(|(k, v)| (k.len(), v))),
         Out::BinMap(entries) => object_len_hint(entries.iter().map(|(k, v)| (k.len(), v))),
         Out::List(items) => {

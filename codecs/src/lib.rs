@@ -97,6 +97,16 @@ pub trait Codec: Send + Sync + std::fmt::Debug + 'static {
             .map_err(|_| DecodeError::new("the top-level value is not an object"))
     }
 
+    /// [`Codec::decode_envelope`] for a frame held in `Bytes`, which lets a codec keep parts of
+    /// it in wire form, sliced from the frame without copying ([`Envelope::fast`]).
+    fn decode_envelope_bytes(
+        &self,
+        frame: &Bytes,
+        max_frame_bytes: usize,
+    ) -> Result<Envelope, DecodeError> {
+        self.decode_envelope(frame, max_frame_bytes)
+    }
+
     /// Encodes one outbound frame: `op`, `d`, `t` and `ts` always, `trace` when present.
     fn encode(&self, frame: &OutFrame) -> Bytes;
 
@@ -143,13 +153,13 @@ pub fn decode_limited(
 /// size limit (see [`Codec::decode_envelope`]).
 pub fn decode_envelope(
     encoding: Encoding,
-    bytes: &[u8],
+    frame: &Bytes,
     max_frame_bytes: usize,
 ) -> Result<Envelope, DecodeError> {
     match encoding {
-        Encoding::Json => Json.decode_envelope(bytes, max_frame_bytes),
-        Encoding::Msgpack => Msgpack.decode_envelope(bytes, max_frame_bytes),
-        Encoding::Etf => Etf.decode_envelope(bytes, max_frame_bytes),
+        Encoding::Json => Json.decode_envelope_bytes(frame, max_frame_bytes),
+        Encoding::Msgpack => Msgpack.decode_envelope_bytes(frame, max_frame_bytes),
+        Encoding::Etf => Etf.decode_envelope_bytes(frame, max_frame_bytes),
     }
 }
 

@@ -32,6 +32,10 @@ impl Codec for Msgpack {
         decode::decode_envelope(bytes)
     }
 
+    fn decode_envelope_bytes(&self, frame: &Bytes, _max: usize) -> Result<Envelope, DecodeError> {
+        decode::decode_envelope_fast(frame)
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
         decode(bytes)
     }

@@ -59,6 +59,7 @@ fn out_value(out: &Out) -> Value {
                 .collect(),
         ),
         Out::List(items) => Value::Array(items.iter().map(out_value).collect()),
+        Out::Raw(raw) => raw.value(),
     }
 }
 

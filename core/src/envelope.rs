@@ -1,6 +1,7 @@
 //! Inbound envelopes (SPEC §3.1): the decoded top-level object split into its keys.
 
 use crate::error::Fatal;
+use crate::frame::RawValue;
 use crate::value::Value;
 
 /// One inbound frame, after decoding.
@@ -16,9 +17,33 @@ pub struct Envelope {
     pub ts: Value,
     /// The optional `trace` key (SPEC §11), as received.
     pub trace: Value,
+    /// For a SEND or BROADCAST whose codec kept `d` in its wire form: `d` is then null and
+    /// this holds its members. The router reads it instead of `d`.
+    pub fast: Option<Box<FastDispatch>>,
+}
+
+/// The members of a SEND or BROADCAST `d`, still encoded: checked to be valid when the frame
+/// was decoded, decoded only if and when they are needed.
+///
+/// Routing a message then needs no tree for its target (a repeated target is recognised by its
+/// bytes) or its payload (copied as is to recipients of the same encoding).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FastDispatch {
+    pub target: RawValue,
+    pub payload: RawValue,
+    pub nonce: Option<RawValue>,
 }
 
 impl Envelope {
+    /// The `nonce` member of `d` (null when absent), whichever form `d` is in.
+    pub fn dispatch_nonce(&self) -> Value {
+        match (&self.fast, &self.d) {
+            (Some(fast), _) => fast.nonce.as_ref().map_or(Value::Null, RawValue::value),
+            (None, Value::Object(d)) => d.get("nonce").cloned().unwrap_or(Value::Null),
+            (None, _) => Value::Null,
+        }
+    }
+
     /// Splits a decoded frame. A top level that is not an object is undecodable.
     pub fn from_value(value: Value) -> Result<Envelope, Fatal> {
         let Value::Object(mut map) = value else {
@@ -48,6 +73,7 @@ impl Envelope {
             t,
             ts,
             trace,
+            fast: None,
         }
     }
 

@@ -86,6 +86,46 @@ pub enum Out {
     /// A map ganglion built whose keys ETF writes as binaries (SPEC §2.7's "binary" rows).
     BinMap(Vec<(Cow<'static, str>, Out)>),
     List(Vec<Out>),
+    /// Client data still in its wire form (see [`RawValue`]).
+    Raw(RawValue),
+}
+
+/// One value of client data as it arrived: valid, and decoded only when it must be.
+///
+/// An encoder of the same encoding copies `bytes` as they are when `normal` says they are
+/// exactly what ganglion's own encoder would write for their value; any other encoder (or a
+/// value not in normal form) decodes them with `decode` and encodes the result. Either way the
+/// bytes on the wire are the same as if the value had been decoded on arrival.
+#[derive(Clone)]
+pub struct RawValue {
+    pub encoding: Encoding,
+    pub bytes: Bytes,
+    pub normal: bool,
+    /// Decodes `bytes` (already validated, so `None` only on a bug).
+    pub decode: fn(&[u8]) -> Option<Value>,
+}
+
+impl RawValue {
+    /// The decoded value; null if the bytes, against every check they passed, do not decode.
+    pub fn value(&self) -> Value {
+        (self.decode)(&self.bytes).unwrap_or(Value::Null)
+    }
+}
+
+impl std::fmt::Debug for RawValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawValue")
+            .field("encoding", &self.encoding)
+            .field("bytes", &self.bytes)
+            .field("normal", &self.normal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for RawValue {
+    fn eq(&self, other: &RawValue) -> bool {
+        self.encoding == other.encoding && self.bytes == other.bytes && self.normal == other.normal
+    }
 }
 
 impl Out {

@@ -33,9 +33,9 @@ pub mod telemetry;
 pub mod trace;
 pub mod value;
 
-pub use envelope::Envelope;
+pub use envelope::{Envelope, FastDispatch};
 pub use error::{Fatal, Invalid};
-pub use frame::{Encoding, Out, OutFrame, Outgoing};
+pub use frame::{Encoding, Out, OutFrame, Outgoing, RawValue};
 pub use router::{Inbound, Outcome, Router, RouterConfig, RouterService};
 pub use session::{Conn, Outbox, Transport};
 pub use value::{Map, Num, Value};

@@ -83,7 +83,10 @@ fn setup(encoding: Encoding) -> Setup {
 }
 
 fn route_one(s: &Setup) {
-    let envelope = s.codec.decode_envelope(&s.frame, 1 << 20).expect("decode");
+    let envelope = s
+        .codec
+        .decode_envelope_bytes(&s.frame, 1 << 20)
+        .expect("decode");
     std::hint::black_box(s.router.handle(&s.sender, envelope, None));
 }
 

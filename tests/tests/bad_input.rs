@@ -235,111 +235,114 @@ async fn malformed_json_and_non_object_tops_are_unrecoverable() {
 async fn malformed_msgpack_and_values_outside_the_data_model_are_unrecoverable() {
     let gw = TestGateway::start().await;
     let mut witness = Witness::new(&gw).await;
-    let frame = json!({"op": 5, "d": RAW});
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("empty", vec![]),
-        ("truncated map", vec![0x81]),
-        ("truncated key", vec![0x81, 0xa2, b'o']),
-        ("never-used marker", vec![0xc1]),
-        ("array top", vec![0x92, 0x01, 0x02]),
-        ("integer top", vec![0x05]),
-        ("string top", vec![0xa1, b'x']),
-        ("nil top", vec![0xc0]),
-        ("trailing bytes", vec![0x80, 0x00]),
-        ("integer key", vec![0x81, 0x01, 0x05]),
-        ("nil key", vec![0x81, 0xc0, 0x05]),
-        ("array key", vec![0x81, 0x90, 0x05]),
-        ("marker c1 as value", msgpack_with(&frame, &[0xc1])),
-        ("fixext1", msgpack_with(&frame, &[0xd4, 0x01, 0x00])),
-        (
-            "timestamp 32",
-            msgpack_with(&frame, &[0xd6, 0xff, 0x65, 0x00, 0x00, 0x00]),
-        ),
-        (
-            "timestamp 64",
-            msgpack_with(&frame, &[0xd7, 0xff, 0, 0, 0, 0, 0x65, 0, 0, 0]),
-        ),
-        (
-            "fixext16",
-            msgpack_with(&frame, &[&[0xd8, 0x05][..], &[0; 16]].concat()),
-        ),
-        (
-            "ext8",
-            msgpack_with(&frame, &[0xc7, 0x02, 0x07, 0xaa, 0xbb]),
-        ),
-        (
-            "ext16",
-            msgpack_with(&frame, &[0xc8, 0x00, 0x01, 0x07, 0xaa]),
-        ),
-        (
-            "ext32",
-            msgpack_with(&frame, &[0xc9, 0x00, 0x00, 0x00, 0x01, 0x07, 0xaa]),
-        ),
-        (
-            "bin not UTF-8",
-            msgpack_with(&frame, &[0xc4, 0x02, 0xc3, 0x28]),
-        ),
-        (
-            "bin16 not UTF-8",
-            msgpack_with(&frame, &[0xc5, 0x00, 0x01, 0xff]),
-        ),
-        ("str not UTF-8", msgpack_with(&frame, &[0xa2, 0xc3, 0x28])),
-        ("str8 not UTF-8", msgpack_with(&frame, &[0xd9, 0x01, 0xfe])),
-        (
-            "key not UTF-8",
-            msgpack_with(&frame, &[0x81, 0xa1, 0xff, 0x01]),
-        ),
-        (
-            "bin key not UTF-8",
-            msgpack_with(&frame, &[0x81, 0xc4, 0x01, 0xff, 0x01]),
-        ),
-        (
-            "float64 NaN",
-            msgpack_with(&frame, &[0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0]),
-        ),
-        (
-            "float64 +inf",
-            msgpack_with(&frame, &[0xcb, 0x7f, 0xf0, 0, 0, 0, 0, 0, 0]),
-        ),
-        (
-            "float32 -inf",
-            msgpack_with(&frame, &[0xca, 0xff, 0x80, 0x00, 0x00]),
-        ),
-        (
-            "float32 NaN",
-            msgpack_with(&frame, &[0xca, 0x7f, 0xc0, 0x00, 0x00]),
-        ),
-        (
-            "huge declared array",
-            msgpack_with(&frame, &[0xdd, 0xff, 0xff, 0xff, 0xff]),
-        ),
-        (
-            "huge declared map",
-            msgpack_with(&frame, &[0xdf, 0xff, 0xff, 0xff, 0xff]),
-        ),
-        (
-            "huge declared str",
-            msgpack_with(&frame, &[0xdb, 0xff, 0xff, 0xff, 0xff, b'x']),
-        ),
-        (
-            "truncated uint64",
-            msgpack_with(&frame, &[0xcf, 0x00, 0x01]),
-        ),
-    ];
-    for identified in [false, true] {
-        for (name, bytes) in &cases {
-            let d = expect_fatal_for(
-                &gw,
-                Enc::Msgpack,
-                identified,
-                Message::binary(bytes.clone()),
-                UNRECOVERABLE,
-                1008,
-            )
-            .await;
-            let context = format!("msgpack {name} (identified: {identified})");
-            assert_unrecoverable(&d, &context);
-            witness.check(&gw, &context).await;
+    // Inside any `d`, and inside a SEND's payload, which MessagePack checks without decoding.
+    let send = json!({"op": 4, "t": "SEND", "d": {"target": {"application": "x"}, "payload": RAW}});
+    for frame in [json!({"op": 5, "d": RAW}), send] {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("truncated map", vec![0x81]),
+            ("truncated key", vec![0x81, 0xa2, b'o']),
+            ("never-used marker", vec![0xc1]),
+            ("array top", vec![0x92, 0x01, 0x02]),
+            ("integer top", vec![0x05]),
+            ("string top", vec![0xa1, b'x']),
+            ("nil top", vec![0xc0]),
+            ("trailing bytes", vec![0x80, 0x00]),
+            ("integer key", vec![0x81, 0x01, 0x05]),
+            ("nil key", vec![0x81, 0xc0, 0x05]),
+            ("array key", vec![0x81, 0x90, 0x05]),
+            ("marker c1 as value", msgpack_with(&frame, &[0xc1])),
+            ("fixext1", msgpack_with(&frame, &[0xd4, 0x01, 0x00])),
+            (
+                "timestamp 32",
+                msgpack_with(&frame, &[0xd6, 0xff, 0x65, 0x00, 0x00, 0x00]),
+            ),
+            (
+                "timestamp 64",
+                msgpack_with(&frame, &[0xd7, 0xff, 0, 0, 0, 0, 0x65, 0, 0, 0]),
+            ),
+            (
+                "fixext16",
+                msgpack_with(&frame, &[&[0xd8, 0x05][..], &[0; 16]].concat()),
+            ),
+            (
+                "ext8",
+                msgpack_with(&frame, &[0xc7, 0x02, 0x07, 0xaa, 0xbb]),
+            ),
+            (
+                "ext16",
+                msgpack_with(&frame, &[0xc8, 0x00, 0x01, 0x07, 0xaa]),
+            ),
+            (
+                "ext32",
+                msgpack_with(&frame, &[0xc9, 0x00, 0x00, 0x00, 0x01, 0x07, 0xaa]),
+            ),
+            (
+                "bin not UTF-8",
+                msgpack_with(&frame, &[0xc4, 0x02, 0xc3, 0x28]),
+            ),
+            (
+                "bin16 not UTF-8",
+                msgpack_with(&frame, &[0xc5, 0x00, 0x01, 0xff]),
+            ),
+            ("str not UTF-8", msgpack_with(&frame, &[0xa2, 0xc3, 0x28])),
+            ("str8 not UTF-8", msgpack_with(&frame, &[0xd9, 0x01, 0xfe])),
+            (
+                "key not UTF-8",
+                msgpack_with(&frame, &[0x81, 0xa1, 0xff, 0x01]),
+            ),
+            (
+                "bin key not UTF-8",
+                msgpack_with(&frame, &[0x81, 0xc4, 0x01, 0xff, 0x01]),
+            ),
+            (
+                "float64 NaN",
+                msgpack_with(&frame, &[0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0]),
+            ),
+            (
+                "float64 +inf",
+                msgpack_with(&frame, &[0xcb, 0x7f, 0xf0, 0, 0, 0, 0, 0, 0]),
+            ),
+            (
+                "float32 -inf",
+                msgpack_with(&frame, &[0xca, 0xff, 0x80, 0x00, 0x00]),
+            ),
+            (
+                "float32 NaN",
+                msgpack_with(&frame, &[0xca, 0x7f, 0xc0, 0x00, 0x00]),
+            ),
+            (
+                "huge declared array",
+                msgpack_with(&frame, &[0xdd, 0xff, 0xff, 0xff, 0xff]),
+            ),
+            (
+                "huge declared map",
+                msgpack_with(&frame, &[0xdf, 0xff, 0xff, 0xff, 0xff]),
+            ),
+            (
+                "huge declared str",
+                msgpack_with(&frame, &[0xdb, 0xff, 0xff, 0xff, 0xff, b'x']),
+            ),
+            (
+                "truncated uint64",
+                msgpack_with(&frame, &[0xcf, 0x00, 0x01]),
+            ),
+        ];
+        for identified in [false, true] {
+            for (name, bytes) in &cases {
+                let d = expect_fatal_for(
+                    &gw,
+                    Enc::Msgpack,
+                    identified,
+                    Message::binary(bytes.clone()),
+                    UNRECOVERABLE,
+                    1008,
+                )
+                .await;
+                let context = format!("msgpack {name} in {frame} (identified: {identified})");
+                assert_unrecoverable(&d, &context);
+                witness.check(&gw, &context).await;
+            }
         }
     }
 }

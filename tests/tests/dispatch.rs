@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ganglion_tests::assert::{assert_envelope, expect_op3, key_set, keys};
 use ganglion_tests::{Client, Enc, TestGateway, meta, now_ms};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 // === helpers ===
 
@@ -1981,8 +1982,7 @@ async fn msgpack_deliveries_use_str_strings_float64_and_the_smallest_integer_fam
             json!({"target": {"application": "mp-out"}, "nonce": "n", "payload": payload}),
         )
         .await;
-    let Some(tokio_tungstenite::tungstenite::Message::Binary(bytes)) = client.next_message().await
-    else {
+    let Some(Message::Binary(bytes)) = client.next_message().await else {
         panic!("a binary delivery");
     };
     assert!(
@@ -2007,4 +2007,126 @@ async fn msgpack_deliveries_use_str_strings_float64_and_the_smallest_integer_fam
     let decoded: Value = rmp_serde::from_slice(&bytes).expect("msgpack");
     assert_eq!(decoded["d"]["payload"], payload);
     client.expect_nothing().await;
+}
+
+/// A MessagePack SEND or BROADCAST keeps `d`'s members in wire form on the way through
+/// (docs/architecture.md, "the fast path"). Whatever families the sender chose, recipients of
+/// every encoding get what they would get had it been decoded on arrival, and the errors echo
+/// the decoded values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_members_in_any_family_are_delivered_as_their_values() {
+    let gw = TestGateway::start().await;
+    let mut json_recipient = gw.identify(Enc::Json, "raw", "j").await;
+    let mut msgpack_recipient = gw.identify(Enc::Msgpack, "raw", "m").await;
+    let mut sender = gw.identify(Enc::Msgpack, "raw-sender", "s").await;
+
+    /// `{"op": 4, "t": t, "d": {"target": .., "nonce": .., "payload": ..}}`, members as given.
+    fn frame(t: &str, target: &[u8], nonce: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![
+            0x83,
+            0xa2,
+            b'o',
+            b'p',
+            0x04,
+            0xa1,
+            b't',
+            0xa0 | t.len() as u8,
+        ];
+        out.extend_from_slice(t.as_bytes());
+        out.extend_from_slice(&[0xa1, b'd', 0x83]);
+        for (key, value) in [("target", target), ("nonce", nonce), ("payload", payload)] {
+            out.push(0xa0 | key.len() as u8);
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(value);
+        }
+        out
+    }
+    // {"application": "raw"}: a map16 header and a bin key.
+    let target = [
+        &[0xde, 0x00, 0x01, 0xc4, 11][..],
+        b"application",
+        &[0xa3],
+        b"raw",
+    ]
+    .concat();
+    // 9 as a uint16.
+    let nonce = [0xcd, 0x00, 0x09];
+    // [1 as uint16, "b" as bin, 1.5 as float32, {"b": 1, "a": 2} (keys out of order)]
+    let odd = [
+        &[
+            0x94, 0xcd, 0x00, 0x01, 0xc4, 0x01, b'b', 0xca, 0x3f, 0xc0, 0x00, 0x00,
+        ][..],
+        &[0x82, 0xa1, b'b', 0x01, 0xa1, b'a', 0x02],
+    ]
+    .concat();
+    // {"k": [-33, 1.5, "normal"]} exactly as ganglion writes it.
+    let normal = [
+        &[
+            0x81, 0xa1, b'k', 0x93, 0xd0, 0xdf, 0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0,
+        ][..],
+        &[0xa6],
+        b"normal",
+    ]
+    .concat();
+    let cases = [
+        (
+            odd,
+            json!([1, "b", 1.5, {"a": 2, "b": 1}]),
+            [0x94, 0x01, 0xa1, b'b', 0xcb, 0x3f, 0xf8].to_vec(),
+        ),
+        (normal.clone(), json!({"k": [-33, 1.5, "normal"]}), normal),
+    ];
+    for (payload, expected, expected_bytes) in cases {
+        sender
+            .send_raw(Message::binary(frame(
+                "BROADCAST",
+                &target,
+                &nonce,
+                &payload,
+            )))
+            .await;
+        assert_eq!(
+            expect_delivery(&json_recipient.recv().await, "BROADCAST"),
+            (json!(9), expected.clone())
+        );
+        let Some(Message::Binary(bytes)) = msgpack_recipient.next_message().await else {
+            panic!("a binary delivery");
+        };
+        assert!(
+            bytes
+                .windows(expected_bytes.len())
+                .any(|w| w == expected_bytes.as_slice()),
+            "{expected_bytes:02x?} in {:02x?}",
+            &bytes[..]
+        );
+        let decoded: Value = rmp_serde::from_slice(&bytes).expect("msgpack");
+        assert_eq!(expect_delivery(&decoded, "BROADCAST"), (json!(9), expected));
+    }
+
+    // Nobody matches: the echo is the target's value, the nonce's value.
+    let nowhere = [&[0x81, 0xc4, 11][..], b"application", &[0xa4], b"none"].concat();
+    sender
+        .send_raw(Message::binary(frame("SEND", &nowhere, &nonce, &[0xc0])))
+        .await;
+    assert_eq!(
+        expect_op3(&sender.recv().await, "no_route"),
+        json!({"t": "SEND", "nonce": 9, "target": {"application": "none"}})
+    );
+    // Not a query: `invalid query` with the nonce.
+    sender
+        .send_raw(Message::binary(frame("SEND", &[0x07], &nonce, &[0xc0])))
+        .await;
+    assert_eq!(
+        expect_op3(&sender.recv().await, "invalid query")["nonce"],
+        9
+    );
+    // Damaged inside the payload: the connection is closed as for any undecodable frame.
+    let mut damaged = frame("SEND", &target, &nonce, &[0x92, 0x01]);
+    damaged.push(0xc1);
+    sender.send_raw(Message::binary(damaged)).await;
+    sender
+        .expect_fatal("decode: payload: unrecoverable", 1008)
+        .await;
+    json_recipient.expect_nothing().await;
+    msgpack_recipient.expect_nothing().await;
 }

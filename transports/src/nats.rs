@@ -655,6 +655,7 @@ fn injection(message: &Message, limit: usize) -> Option<Envelope> {
         d: d.unwrap_or(Value::Null),
         ts: ts.unwrap_or(Value::Null),
         trace: trace.unwrap_or_else(|| trace_from_headers(message.headers.as_ref())),
+        fast: None,
     })
 }
 

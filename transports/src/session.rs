@@ -304,7 +304,7 @@ impl Drop for OpenConnection {
 /// `max_frame_bytes` also bounds what a compressed (ETF) frame may inflate to.
 fn decode(
     conn: &Conn,
-    bytes: &[u8],
+    bytes: &Bytes,
     kind: Option<FrameKind>,
     max_frame_bytes: usize,
 ) -> Result<Envelope, Fatal> {

@@ -63,6 +63,7 @@ fn write_out(out: &Out, buf: &mut Vec<u8>) {
         Out::Int(i) => write_int(*i, buf),
         Out::Str(s) => write_binary(s, buf),
         Out::Value(v) => write_value(v, buf),
+        Out::Raw(raw) => write_value(&raw.value(), buf),
         Out::Map(entries) => {
             write_map_header(entries.len(), buf);
             for (key, value) in entries {
@@ -231,6 +232,7 @@ fn out_len(out: &Out) -> usize {
         Out::Int(i) => int_len(*i),
         Out::Str(s) => binary_len(s),
         Out::Value(v) => value_len(v),
+        Out::Raw(raw) => value_len(&raw.value()),
         Out::Map(entries) => {
             MAP_HEADER
                 + entries

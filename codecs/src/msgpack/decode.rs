@@ -5,7 +5,10 @@
 //! the capacity, and strings are copied only after their bytes were found to be there. Errors
 //! carry a static text and the offset of the offending marker, so building one costs nothing.
 
-use ganglion_core::{Envelope, Map, Value};
+use std::ops::Range;
+
+use bytes::Bytes;
+use ganglion_core::{Encoding, Envelope, FastDispatch, Map, RawValue, Value};
 
 use super::marker::*;
 use crate::{DecodeError, MAX_NESTING};
@@ -31,6 +34,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
 /// A frame straight into an [`Envelope`]: the top-level map's members are matched by their key
 /// bytes instead of becoming a map with owned keys.
 pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    envelope(bytes, None)
+}
+
+/// [`decode_envelope`] for a frame held in `Bytes`: a SEND or BROADCAST keeps its `d` in wire
+/// form ([`FastDispatch`]), checked by [`Reader::skip`] exactly as decoding would check it.
+/// Any other frame decodes as usual.
+pub(crate) fn decode_envelope_fast(frame: &Bytes) -> Result<Envelope, DecodeError> {
+    envelope(frame, Some(frame))
+}
+
+/// Both of the above: `frame` (the same bytes as `bytes`) allows the fast path.
+fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError> {
     let mut reader = Reader { bytes, pos: 0 };
     let len = match reader.u8() {
         Err(_) => return Err(DecodeError::new("empty payload")),
@@ -39,20 +54,26 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         Ok(_) => return Err(DecodeError::at("the top-level value is not a map", 0)),
     };
     let depth = nest(0, 0)?;
-    let (mut op, mut d, mut t, mut ts, mut trace) = (
-        Value::Null,
-        Value::Null,
-        Value::Null,
-        Value::Null,
-        Value::Null,
-    );
+    let (mut op, mut t, mut ts, mut trace) = (Value::Null, Value::Null, Value::Null, Value::Null);
+    // `d` as a value, or (when it is a map) its span and the spans of its members.
+    let mut d = Value::Null;
+    let mut d_map: Option<(usize, Members)> = None;
     for _ in 0..len {
         let key = reader.key_bytes()?;
+        if key == b"d" && frame.is_some() && reader.rest().first().is_some_and(|m| is_map(*m)) {
+            let start = reader.pos;
+            d_map = Some((start, reader.scan_members(depth)?));
+            d = Value::Null;
+            continue;
+        }
         let value = reader.value(depth)?;
         // A repeated key: the last occurrence wins (SPEC §2.4).
         match key {
             b"op" => op = value,
-            b"d" => d = value,
+            b"d" => {
+                d = value;
+                d_map = None;
+            }
             b"t" => t = value,
             b"ts" => ts = value,
             b"trace" => trace = value,
@@ -65,7 +86,50 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             reader.pos,
         ));
     }
-    Ok(Envelope::from_parts(&op, d, t, ts, trace))
+    let routed = op == Value::Int(4) && matches!(t.as_str(), Some("SEND" | "BROADCAST"));
+    let fast = match (&d_map, frame) {
+        (Some((_, members)), Some(frame)) if routed => members.fast(frame),
+        _ => None,
+    };
+    if fast.is_none()
+        && let Some((start, _)) = d_map
+    {
+        // Checked already, so decoding cannot fail here; it would say so if it did.
+        d = Reader { bytes, pos: start }.value(depth)?;
+    }
+    let mut envelope = Envelope::from_parts(&op, d, t, ts, trace);
+    envelope.fast = fast.map(Box::new);
+    Ok(envelope)
+}
+
+/// Decodes one MessagePack value that was checked when its frame arrived.
+fn decode_checked(bytes: &[u8]) -> Option<Value> {
+    Reader { bytes, pos: 0 }.value(0).ok()
+}
+
+/// Where the members of a SEND/BROADCAST `d` are, and whether each is in normal form.
+#[derive(Default)]
+struct Members {
+    target: Option<(Range<usize>, bool)>,
+    payload: Option<(Range<usize>, bool)>,
+    nonce: Option<(Range<usize>, bool)>,
+}
+
+impl Members {
+    /// The members in wire form, when `d` has both a target and a payload.
+    fn fast(&self, frame: &Bytes) -> Option<FastDispatch> {
+        let raw = |(range, normal): &(Range<usize>, bool)| RawValue {
+            encoding: Encoding::Msgpack,
+            bytes: frame.slice(range.clone()),
+            normal: *normal,
+            decode: decode_checked,
+        };
+        Some(FastDispatch {
+            target: raw(self.target.as_ref()?),
+            payload: raw(self.payload.as_ref()?),
+            nonce: self.nonce.as_ref().map(raw),
+        })
+    }
 }
 
 fn is_map(m: u8) -> bool {
@@ -150,6 +214,162 @@ impl<'a> Reader<'a> {
             map.insert(key, value);
         }
         Ok(Value::Object(map))
+    }
+
+    /// Checks the map at `self.pos` (inside `depth` containers) like [`Reader::value`] would,
+    /// and records where its `target`, `payload` and `nonce` members are.
+    fn scan_members(&mut self, depth: usize) -> Result<Members, DecodeError> {
+        let at = self.pos;
+        let m = self.u8()?;
+        let len = match m {
+            0x80..=0x8f => usize::from(m & 0x0f),
+            _ => self.len(m)?,
+        };
+        let depth = nest(depth, at)?;
+        let mut members = Members::default();
+        for _ in 0..len {
+            let (key, _) = self.key_checked()?;
+            let start = self.pos;
+            let normal = self.skip(depth)?;
+            let found = Some((start..self.pos, normal));
+            // A repeated member: the last occurrence wins (SPEC §2.4).
+            match key {
+                b"target" => members.target = found,
+                b"payload" => members.payload = found,
+                b"nonce" => members.nonce = found,
+                _ => {}
+            }
+        }
+        Ok(members)
+    }
+
+    /// Checks one value exactly as [`Reader::value`] would, without building it. Answers
+    /// whether its bytes are exactly those ganglion's encoder writes for the value it decodes
+    /// to (the smallest family everywhere, float 64, str not bin, map keys in strictly rising
+    /// byte order): only then may they be copied as they are.
+    fn skip(&mut self, depth: usize) -> Result<bool, DecodeError> {
+        let at = self.pos;
+        let m = self.u8()?;
+        let normal = match m {
+            0x00..=0x7f | NIL | FALSE | TRUE | 0xe0..=0xff => true,
+            0x80..=0x8f => return self.skip_map(usize::from(m & 0x0f), depth, at, true),
+            0x90..=0x9f => return self.skip_array(usize::from(m & 0x0f), depth, at, true),
+            0xa0..=0xbf => {
+                self.check_utf8(usize::from(m & 0x1f), at, "a str is not valid UTF-8")?;
+                true
+            }
+            NEVER_USED => return Err(DecodeError::at("invalid marker 0xc1", at)),
+            BIN8 | BIN16 | BIN32 => {
+                let len = self.len(m)?;
+                self.check_utf8(len, at, "a bin is not valid UTF-8")?;
+                false
+            }
+            EXT8..=EXT32 | FIXEXT1..=FIXEXT16 => {
+                return Err(DecodeError::at(
+                    "MessagePack extension types (timestamps included) are not supported",
+                    at,
+                ));
+            }
+            FLOAT32 => {
+                float(f64::from(f32::from_be_bytes(self.fixed()?)), at)?;
+                false
+            }
+            FLOAT64 => {
+                float(f64::from_be_bytes(self.fixed()?), at)?;
+                true
+            }
+            UINT8 => self.u8()? > 0x7f,
+            UINT16 => u16::from_be_bytes(self.fixed()?) > u16::from(u8::MAX),
+            UINT32 => u32::from_be_bytes(self.fixed()?) > u32::from(u16::MAX),
+            UINT64 => u64::from_be_bytes(self.fixed()?) > u64::from(u32::MAX),
+            // Non-negative integers are written with the uint families, -32..=-1 as a
+            // negative fixint.
+            INT8 => i8::from_be_bytes(self.fixed()?) < -32,
+            INT16 => i16::from_be_bytes(self.fixed()?) < i16::from(i8::MIN),
+            INT32 => i32::from_be_bytes(self.fixed()?) < i32::from(i16::MIN),
+            INT64 => i64::from_be_bytes(self.fixed()?) < i64::from(i32::MIN),
+            STR8 | STR16 | STR32 => {
+                let len = self.len(m)?;
+                self.check_utf8(len, at, "a str is not valid UTF-8")?;
+                str_family_is_smallest(m, len)
+            }
+            ARRAY16 | ARRAY32 => {
+                let len = self.len(m)?;
+                let smallest = container_family_is_smallest(m, len);
+                return self.skip_array(len, depth, at, smallest);
+            }
+            MAP16 | MAP32 => {
+                let len = self.len(m)?;
+                let smallest = container_family_is_smallest(m, len);
+                return self.skip_map(len, depth, at, smallest);
+            }
+        };
+        Ok(normal)
+    }
+
+    fn skip_array(
+        &mut self,
+        len: usize,
+        depth: usize,
+        at: usize,
+        mut normal: bool,
+    ) -> Result<bool, DecodeError> {
+        let depth = nest(depth, at)?;
+        for _ in 0..len {
+            normal &= self.skip(depth)?;
+        }
+        Ok(normal)
+    }
+
+    fn skip_map(
+        &mut self,
+        len: usize,
+        depth: usize,
+        at: usize,
+        mut normal: bool,
+    ) -> Result<bool, DecodeError> {
+        let depth = nest(depth, at)?;
+        let mut previous: Option<&[u8]> = None;
+        for _ in 0..len {
+            let (key, key_normal) = self.key_checked()?;
+            // Rising order is the order ganglion writes keys in, and rules out repeats.
+            normal &= key_normal && previous.is_none_or(|p| p < key);
+            previous = Some(key);
+            normal &= self.skip(depth)?;
+        }
+        Ok(normal)
+    }
+
+    /// A map key's bytes, checked like [`Reader::key`], and whether it is in normal form.
+    fn key_checked(&mut self) -> Result<(&'a [u8], bool), DecodeError> {
+        let at = self.pos;
+        let m = self.u8()?;
+        let (len, normal) = match m {
+            0xa0..=0xbf => (usize::from(m & 0x1f), true),
+            STR8 | STR16 | STR32 => {
+                let len = self.len(m)?;
+                (len, str_family_is_smallest(m, len))
+            }
+            BIN8 | BIN16 | BIN32 => (self.len(m)?, false),
+            _ => return Err(DecodeError::at("a map key is not a string", at)),
+        };
+        let bytes = self.take(len)?;
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok((bytes, normal)),
+            Err(_) => Err(DecodeError::at("a map key is not valid UTF-8", at)),
+        }
+    }
+
+    fn check_utf8(
+        &mut self,
+        len: usize,
+        at: usize,
+        error: &'static str,
+    ) -> Result<(), DecodeError> {
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(drop)
+            .map_err(|_| DecodeError::at(error, at))
     }
 
     /// A map key's bytes, checked to be UTF-8 like [`Reader::key`], without copying them.
@@ -238,6 +458,23 @@ impl<'a> Reader<'a> {
 
     fn remaining(&self) -> usize {
         self.rest().len()
+    }
+}
+
+/// Whether a str of `len` bytes under marker `m` uses the smallest str family for its length.
+fn str_family_is_smallest(m: u8, len: usize) -> bool {
+    match m {
+        STR8 => len > 31,
+        STR16 => len > usize::from(u8::MAX),
+        _ => len > usize::from(u16::MAX),
+    }
+}
+
+/// Whether an array or map of `len` under a 16/32-bit marker `m` uses the smallest family.
+fn container_family_is_smallest(m: u8, len: usize) -> bool {
+    match m {
+        ARRAY16 | MAP16 => len > 15,
+        _ => len > usize::from(u16::MAX),
     }
 }
 

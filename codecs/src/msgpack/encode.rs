@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use ganglion_core::frame::TraceContext;
-use ganglion_core::{Out, OutFrame, Value};
+use ganglion_core::{Encoding, Out, OutFrame, RawValue, Value};
 
 use super::marker::*;
 
@@ -61,6 +61,9 @@ fn write_out(out: &Out, buf: &mut Vec<u8>) {
         Out::Int(i) => write_int(*i, buf),
         Out::Str(s) => write_str(s, buf),
         Out::Value(v) => write_value(v, buf),
+        // In normal form it is already exactly what `write_value` would write.
+        Out::Raw(raw) if passes_through(raw) => buf.extend_from_slice(&raw.bytes),
+        Out::Raw(raw) => write_value(&raw.value(), buf),
         Out::Map(entries) => {
             write_map_header(entries.len(), buf);
             for (key, value) in entries {
@@ -109,6 +112,11 @@ fn write_value(value: &Value, buf: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// MessagePack client data in normal form is copied as it came.
+fn passes_through(raw: &RawValue) -> bool {
+    raw.normal && raw.encoding == Encoding::Msgpack
 }
 
 fn write_bool(b: bool, buf: &mut Vec<u8>) {
@@ -228,6 +236,8 @@ fn out_len(out: &Out) -> usize {
         Out::Int(i) => int_len(*i),
         Out::Str(s) => str_len(s),
         Out::Value(v) => value_len(v),
+        Out::Raw(raw) if passes_through(raw) => raw.bytes.len(),
+        Out::Raw(raw) => value_len(&raw.value()),
         Out::Map(entries) => {
             container_header_len(entries.len())
                 + entries

@@ -6,9 +6,11 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{Query, QueryError, QueryLimits};
+use crate::frame::RawValue;
 use crate::value::Value;
 
 /// One connection's last parsed target. Only that connection's frames use it, one at a time,
@@ -16,6 +18,8 @@ use crate::value::Value;
 #[derive(Debug, Default)]
 pub struct QueryCache {
     last: Mutex<Option<(Value, Arc<Query>)>>,
+    /// The last target that arrived in wire form, by its bytes.
+    last_raw: Mutex<Option<(Bytes, Arc<Query>)>>,
 }
 
 impl QueryCache {
@@ -30,6 +34,25 @@ impl QueryCache {
         }
         let query = Arc::new(Query::parse(target, limits)?);
         *last = Some((target.clone(), query.clone()));
+        Ok(query)
+    }
+
+    /// The parsed form of a target still in wire form: a repeated target is recognised by its
+    /// bytes, without decoding it.
+    pub fn parse_raw(
+        &self,
+        target: &RawValue,
+        limits: QueryLimits,
+    ) -> Result<Arc<Query>, QueryError> {
+        let mut last = self.last_raw.lock();
+        if let Some((bytes, query)) = last.as_ref()
+            && *bytes == target.bytes
+        {
+            return Ok(query.clone());
+        }
+        let query = Arc::new(Query::parse(&target.value(), limits)?);
+        // A copy: keeping a slice would keep the whole frame it came in alive.
+        *last = Some((Bytes::copy_from_slice(&target.bytes), query.clone()));
         Ok(query)
     }
 }
@@ -63,5 +86,41 @@ mod tests {
         let bad = Value::Int(5);
         assert!(cache.parse(&bad, QueryLimits::default()).is_err());
         assert!(cache.parse(&bad, QueryLimits::default()).is_err());
+    }
+
+    /// A stand-in wire form: the bytes are the application id (`!` for a target that is not
+    /// an object), so tests need no codec.
+    fn raw(app: &str) -> RawValue {
+        fn decode(bytes: &[u8]) -> Option<Value> {
+            match bytes {
+                b"!" => Some(Value::Int(5)),
+                _ => Some(target(std::str::from_utf8(bytes).ok()?)),
+            }
+        }
+        RawValue {
+            encoding: crate::frame::Encoding::Msgpack,
+            bytes: Bytes::copy_from_slice(app.as_bytes()),
+            normal: true,
+            decode,
+        }
+    }
+
+    #[test]
+    fn a_target_in_wire_form_is_recognised_by_its_bytes() {
+        let cache = QueryCache::default();
+        let first = cache.parse_raw(&raw("a"), QueryLimits::default()).unwrap();
+        let again = cache.parse_raw(&raw("a"), QueryLimits::default()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let other = cache.parse_raw(&raw("b"), QueryLimits::default()).unwrap();
+        assert_eq!(
+            other.application,
+            crate::query::AppFilter::Exact("b".into())
+        );
+        let back = cache.parse_raw(&raw("a"), QueryLimits::default()).unwrap();
+        assert_eq!(back.application, crate::query::AppFilter::Exact("a".into()));
+        assert!(cache.parse_raw(&raw("!"), QueryLimits::default()).is_err());
+        // A failed parse leaves the last good one in place.
+        let after = cache.parse_raw(&raw("a"), QueryLimits::default()).unwrap();
+        assert!(Arc::ptr_eq(&back, &after));
     }
 }

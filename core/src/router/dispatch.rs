@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::envelope::Envelope;
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, FastDispatch};
 use crate::error::Invalid;
-use crate::frame::{Out, OutFrame, Outgoing, TraceContext};
-use crate::query::Query;
+use crate::frame::{Out, OutFrame, Outgoing, RawValue, TraceContext};
 use crate::query::cache::QueryCache;
+use crate::query::{Query, QueryError};
 use crate::registry::Recipients;
 use crate::session::{Conn, Identity, Outbox};
 use crate::telemetry::{self, event_label};
@@ -114,6 +116,31 @@ impl Router {
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
     ) -> Result<usize, Invalid> {
+        if let Some(fast) = envelope.fast {
+            // `d` kept in wire form by the codec: nothing of it is decoded unless needed.
+            let FastDispatch {
+                target,
+                mut payload,
+                nonce,
+            } = *fast;
+            let nonce = nonce.map_or(Value::Null, |n| n.value());
+            // A copy: a slice would keep the whole buffer the frame was read into alive for as
+            // long as any recipient's mailbox holds the message, beyond what mailboxes count.
+            payload.bytes = Bytes::copy_from_slice(&payload.bytes);
+            let parsed = match cache {
+                Some(cache) => cache.parse_raw(&target, self.config.query),
+                None => Query::parse(&target.value(), self.config.query).map(Arc::new),
+            };
+            return self.deliver(
+                t,
+                wanted,
+                parsed,
+                Target::Raw(target),
+                nonce,
+                Out::Raw(payload),
+                trace,
+            );
+        }
         let well_formed = envelope
             .d
             .as_object()
@@ -135,6 +162,30 @@ impl Router {
             Some(cache) => cache.parse(&target, self.config.query),
             None => Query::parse(&target, self.config.query).map(Arc::new),
         };
+        self.deliver(
+            t,
+            wanted,
+            parsed,
+            Target::Value(target),
+            nonce,
+            Out::Value(payload),
+            trace,
+        )
+    }
+
+    /// The second half of SEND and BROADCAST, whatever form `d` came in: the match set, the
+    /// recipients, the deliveries (or `no_route`).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &self,
+        t: &'static str,
+        wanted: Recipients,
+        parsed: Result<Arc<Query>, QueryError>,
+        target: Target,
+        nonce: Value,
+        payload: Out,
+        trace: Option<TraceContext>,
+    ) -> Result<usize, Invalid> {
         let query = match parsed {
             Ok(query) => query,
             Err(e) => {
@@ -166,10 +217,14 @@ impl Router {
             if query.droppable {
                 return Ok(0);
             }
-            return Err(Invalid::NoRoute { t, nonce, target });
+            return Err(Invalid::NoRoute {
+                t,
+                nonce,
+                target: target.into_value(),
+            });
         }
         let frame = Arc::new(Outgoing::new(
-            OutFrame::delivery(t, Out::Value(nonce), Out::Value(payload)).with_trace(trace),
+            OutFrame::delivery(t, Out::Value(nonce), payload).with_trace(trace),
         ));
         for outbox in &outboxes {
             outbox.push(&frame);
@@ -210,5 +265,21 @@ impl Router {
             .with_trace(trace),
         );
         Ok(())
+    }
+}
+
+/// A SEND/BROADCAST target as received: a value, or still in wire form.
+enum Target {
+    Value(Value),
+    Raw(RawValue),
+}
+
+impl Target {
+    /// The target exactly as received, for the `no_route` echo (SPEC §7.3).
+    fn into_value(self) -> Value {
+        match self {
+            Target::Value(value) => value,
+            Target::Raw(raw) => raw.value(),
+        }
     }
 }

@@ -23,7 +23,6 @@ use crate::queue::engine::{Completion, QueueEngine};
 use crate::queue::{QueueConfig, QueueStore, StoreError};
 use crate::registry::{ClientRecord, Recipients, Registry};
 use crate::session::{Conn, ConnState, Outbox};
-use crate::value::Value;
 
 mod dispatch;
 mod identify;
@@ -277,10 +276,7 @@ impl Router {
                 return None;
             }
         };
-        let nonce = match &envelope.d {
-            Value::Object(d) => d.get("nonce").cloned().unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
+        let nonce = envelope.dispatch_nonce();
         let answer = match self.route(t, wanted, envelope, trace.clone(), None) {
             Ok(recipients) => OutFrame::dispatch(
                 "DISPATCH_RESULT",

@@ -1,8 +1,9 @@
 //! The SSRF guard (SPEC §9.7): which addresses a proxied request may connect to.
 //!
 //! 1. With `proxy.allowed_cidrs` set, an address must lie in one of them.
-//! 2. Link-local and cloud-metadata ranges (`169.254.0.0/16`, `fe80::/10`, and their
-//!    IPv4-mapped forms) are refused unless an allowed CIDR explicitly contains the address.
+//! 2. Link-local and cloud-metadata ranges (`169.254.0.0/16`, `fe80::/10`, their IPv4-mapped
+//!    forms, and the metadata services outside them: AWS's `fd00:ec2::254` and Alibaba Cloud's
+//!    `100.100.100.200`) are refused unless an allowed CIDR explicitly contains the address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -17,6 +18,11 @@ const LINK_LOCAL_V6: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0xfe80, 0, 0, 0,
     Ok(net) => net,
     Err(_) => panic!("valid prefix"),
 };
+
+/// Cloud metadata services outside the link-local ranges (the SPEC names only the ranges;
+/// these answer credentials to whoever asks, just as `169.254.169.254` does).
+const METADATA_V4: [Ipv4Addr; 1] = [Ipv4Addr::new(100, 100, 100, 200)];
+const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)];
 
 /// An entry of `proxy.allowed_cidrs` that is not a CIDR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,8 +92,8 @@ fn contains(net: &IpNet, ip: IpAddr) -> bool {
 /// Link-local and cloud-metadata addresses, in either IPv4 or IPv4-mapped form.
 fn is_refused_by_default(ip: IpAddr) -> bool {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => LINK_LOCAL_V4.contains(&v4),
-        IpAddr::V6(v6) => LINK_LOCAL_V6.contains(&v6),
+        IpAddr::V4(v4) => LINK_LOCAL_V4.contains(&v4) || METADATA_V4.contains(&v4),
+        IpAddr::V6(v6) => LINK_LOCAL_V6.contains(&v6) || METADATA_V6.contains(&v6),
     }
 }
 
@@ -115,6 +121,8 @@ mod tests {
             "169.253.255.255",
             "169.255.0.0",
             "fec0::1",
+            "fd00:ec2::253",
+            "100.100.100.201",
         ] {
             assert!(g.allows(ip(allowed)), "{allowed}");
         }
@@ -125,6 +133,9 @@ mod tests {
             "fe80::1",
             "febf:ffff::1",
             "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "100.100.100.200",
+            "::ffff:100.100.100.200",
         ] {
             assert!(!g.allows(ip(refused)), "{refused}");
         }

@@ -115,6 +115,32 @@ fn assert_untraced(frame: &Value) {
     assert_envelope(frame);
 }
 
+// === cost ===
+
+/// With export off, per-message spans (target `ganglion::trace`) and spans under the log level
+/// are never built: the subscriber says so at the callsite, before any span exists. (A layer
+/// left as `None` once made the registry build every span for nobody: a fifth of a routing
+/// core.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_export_off_no_span_is_built_that_nobody_records() {
+    let _telemetry = init_telemetry(None, SamplerKind::ParentBasedAlwaysOn);
+    let dispatch = tracing::info_span!(target: "ganglion::trace", "dispatch");
+    assert!(
+        dispatch.is_disabled(),
+        "per-message spans are off without export"
+    );
+    if std::env::var_os("RUST_LOG").is_none() {
+        // The default log level is info.
+        let frame = tracing::debug_span!("frame");
+        assert!(frame.is_disabled(), "debug spans are off at level info");
+        let connection = tracing::info_span!("connection");
+        assert!(
+            !connection.is_disabled(),
+            "info spans are built for the logs"
+        );
+    }
+}
+
 // === SEND ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

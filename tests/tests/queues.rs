@@ -1719,6 +1719,8 @@ async fn client_objects_list_the_queues_waited_on_in_request_order_until_cancel_
         assert_eq!(expect_delivery(&consumer.recv().await, "q-b").0, id);
         assert_eq!(waiting_on(&gw, &mut asker, &app).await, json!(["q-c"]));
         request(&mut consumer, "q-b").await;
+        // Frames of different connections are not ordered: sync before asking.
+        consumer.expect_nothing().await;
         assert_eq!(
             waiting_on(&gw, &mut asker, &app).await,
             json!(["q-c", "q-b"])
@@ -1726,6 +1728,7 @@ async fn client_objects_list_the_queues_waited_on_in_request_order_until_cancel_
 
         // Cancel leaves the message in flight alone: it can still be acked.
         cancel(&mut consumer, "q-b").await;
+        consumer.expect_nothing().await;
         assert_eq!(stats(&gw, "q-b").await, counts("q-b", [0, 1, 0, 0, 0]));
         ack_accepted(&mut consumer, "q-b", &id).await;
         // A cancelled queue gets nothing.
@@ -1741,6 +1744,7 @@ async fn client_objects_list_the_queues_waited_on_in_request_order_until_cancel_
         assert_eq!(stats(&gw, "q-a").await, counts("q-a", [1, 0, 0, 0, 0]));
 
         cancel(&mut consumer, "q-c").await;
+        consumer.expect_nothing().await;
         assert_eq!(waiting_on(&gw, &mut asker, &app).await, json!([]));
         // Clean up for the next encoding.
         request(&mut consumer, "q-a").await;

@@ -41,7 +41,9 @@ impl Close {
 /// What the writer gets from one [`Mailbox::next_batch`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: Vec<Bytes>,
+    /// The frames, oldest first. Hand the emptied deque back to the next
+    /// [`Mailbox::next_batch`]: its allocation then serves the next burst.
+    pub frames: VecDeque<Bytes>,
     /// The mailbox is finished: write `frames`, then this close (if any), then stop.
     pub finish: Option<Option<Close>>,
 }
@@ -56,6 +58,10 @@ enum Status {
     /// The writer has taken the final batch.
     Done,
 }
+
+/// The most frames' room a connection keeps between bursts: 1024 × 32 bytes, small beside the
+/// 1 MiB of frames a mailbox may hold, and only kept by a connection that had such a burst.
+const SPARE_FRAMES: usize = 1024;
 
 #[derive(Debug)]
 struct State {
@@ -122,8 +128,15 @@ impl Mailbox {
         self.writable.notify_one();
     }
 
-    /// Waits for frames and takes all of them.
-    pub async fn next_batch(&self) -> Batch {
+    /// Waits for frames and takes all of them. `spare` (empty) becomes the queue the next
+    /// frames go to, so a busy connection reuses two allocations instead of growing a new queue
+    /// for every burst; a spare grown past [`SPARE_FRAMES`] is dropped, so an idle connection
+    /// keeps little.
+    pub async fn next_batch(&self, mut spare: VecDeque<Bytes>) -> Batch {
+        spare.clear();
+        if spare.capacity() > SPARE_FRAMES {
+            spare = VecDeque::new();
+        }
         loop {
             // Register interest before looking, so a push between the look and the wait is
             // not missed.
@@ -137,7 +150,7 @@ impl Mailbox {
                 };
                 if !state.queue.is_empty() || finishing.is_some() {
                     state.bytes = 0;
-                    let frames = std::mem::take(&mut state.queue).into();
+                    let frames = std::mem::replace(&mut state.queue, spare);
                     if finishing.is_some() {
                         state.status = Status::Done;
                     }
@@ -204,7 +217,7 @@ mod tests {
     async fn a_frame_is_always_accepted_into_an_empty_mailbox() {
         let mailbox = Mailbox::new(&ganglion_codecs::Json, 10);
         assert!(mailbox.push(&frame(100)));
-        let batch = mailbox.next_batch().await;
+        let batch = mailbox.next_batch(VecDeque::new()).await;
         assert_eq!(batch.frames.len(), 1);
         assert!(batch.finish.is_none());
         assert!(mailbox.push(&frame(100)));
@@ -231,7 +244,7 @@ mod tests {
             Some(OutFrame::new(8, Out::Null)),
             Some(Close::new(1008, "slow consumer")),
         );
-        let batch = mailbox.next_batch().await;
+        let batch = mailbox.next_batch(VecDeque::new()).await;
         assert_eq!(batch.frames.len(), 1, "only the final frame is written");
         assert_eq!(batch.finish, Some(Some(Close::new(1008, "slow consumer"))));
     }
@@ -242,8 +255,37 @@ mod tests {
         for _ in 0..10 {
             assert!(mailbox.push(&frame(10)));
         }
-        let batch = mailbox.next_batch().await;
+        let batch = mailbox.next_batch(VecDeque::new()).await;
         assert_eq!(batch.frames.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn the_writers_spare_queue_takes_the_next_burst_unless_it_grew_large() {
+        let mailbox = Mailbox::new(&ganglion_codecs::Msgpack, 1 << 20);
+        assert!(mailbox.push(&frame(10)));
+        let small = VecDeque::with_capacity(16);
+        let _ = mailbox.next_batch(small).await;
+        for _ in 0..10 {
+            assert!(mailbox.push(&frame(10)));
+        }
+        let batch = mailbox.next_batch(VecDeque::new()).await;
+        assert_eq!(batch.frames.len(), 10);
+        assert_eq!(
+            batch.frames.capacity(),
+            16,
+            "the burst went into the spare's allocation"
+        );
+
+        assert!(mailbox.push(&frame(10)));
+        let large = VecDeque::with_capacity(SPARE_FRAMES * 4);
+        let _ = mailbox.next_batch(large).await;
+        assert!(mailbox.push(&frame(10)));
+        let batch = mailbox.next_batch(VecDeque::new()).await;
+        assert!(
+            batch.frames.capacity() < SPARE_FRAMES,
+            "a large spare is not kept: {}",
+            batch.frames.capacity()
+        );
     }
 
     #[test]

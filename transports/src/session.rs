@@ -3,6 +3,7 @@
 //! sequences of SPEC §4.8. It is generic over a `Stream` of [`WireIn`] and a `Sink` of
 //! [`WireOut`], so a transport only adapts its connection to those two types.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,13 +330,15 @@ async fn write_loop<W>(mailbox: Arc<Mailbox>, mut sink: W)
 where
     W: Sink<WireOut> + Unpin,
 {
+    let mut spare = VecDeque::new();
     loop {
-        let batch = mailbox.next_batch().await;
-        for frame in batch.frames {
+        let mut batch = mailbox.next_batch(spare).await;
+        while let Some(frame) = batch.frames.pop_front() {
             if sink.feed(WireOut::Frame(frame)).await.is_err() {
                 return;
             }
         }
+        spare = batch.frames;
         match batch.finish {
             None => {
                 if sink.flush().await.is_err() {

@@ -72,10 +72,11 @@ impl NatsServer {
     /// A server with extra configuration lines, e.g. `max_payload: 4096`.
     pub async fn start_with_config(extra: &str) -> NatsServer {
         let dir = temp_dir("nats");
-        std::fs::create_dir_all(&dir).expect("NATS server directory");
         let mut last_error = String::new();
         // A free port found by binding can be taken before the server binds it: try again.
         for _ in 0..5 {
+            // Again on every attempt: a failed attempt's drop removed the directory.
+            std::fs::create_dir_all(&dir).expect("NATS server directory");
             let (port, monitor_port) = (free_port(), free_port());
             std::fs::write(
                 dir.join("nats.conf"),

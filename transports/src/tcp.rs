@@ -85,7 +85,9 @@ where
         READ_BUFFER_BYTES,
     )
     .filter_map(|item| future::ready(Some(wire_in(item))));
-    let mut framed = FramedWrite::new(writer, FrameEncoder);
+    // No buffer up front (`new` would reserve 8 KiB per connection): it grows to what the
+    // connection actually writes, which for an idle client is a few hundred bytes.
+    let mut framed = FramedWrite::with_capacity(writer, FrameEncoder, 0);
     framed.set_backpressure_boundary(WRITE_BUFFER_BYTES);
     let outbound = TcpSink {
         framed,

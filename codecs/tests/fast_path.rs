@@ -305,7 +305,9 @@ proptest! {
     }
 
     /// Damaged SEND frames (a byte changed, the frame cut short, or bytes inserted) are
-    /// accepted and refused alike, with the same meaning when accepted.
+    /// accepted and refused alike, with the same meaning when accepted — also right after the
+    /// intact frame, whose target the fast path then recognises by its bytes instead of
+    /// checking it again.
     #[test]
     fn damaged_frames_agree(
         target in value(),
@@ -320,7 +322,9 @@ proptest! {
             ("target", encoded(&target, &mut choices)),
             ("payload", encoded(&payload, &mut choices)),
         ];
-        let mut bytes = frame("SEND", &members).to_vec();
+        let intact = frame("SEND", &members);
+        agree(&intact)?;
+        let mut bytes = intact.to_vec();
         let i = at.index(bytes.len());
         match how {
             0 => bytes[i] = byte,
@@ -328,6 +332,53 @@ proptest! {
             _ => bytes.insert(i, byte),
         }
         agree(&Bytes::from(bytes))?;
+    }
+}
+
+/// A target seen before is recognised by its bytes; one that differs in a single byte, or is
+/// cut short, is checked in full and refused as the full decoder refuses it.
+#[test]
+fn a_repeated_target_is_recognised_and_anything_else_is_checked() {
+    let target = {
+        let mut out = vec![0x82];
+        out.extend_from_slice(&[0xa3, b'a', b'p', b'p', 0xa4, b'c', b'h', b'a', b't']);
+        out.extend_from_slice(&[0xa3, b'o', b'p', b's', 0x90]);
+        out
+    };
+    let payload = vec![0xa2, b'h', b'i'];
+    let good = frame(
+        "SEND",
+        &[("target", target.clone()), ("payload", payload.clone())],
+    );
+    for _ in 0..3 {
+        let envelope = Msgpack
+            .decode_envelope_bytes(&good, 1 << 20)
+            .expect("decodes");
+        let fast = envelope.fast.expect("the fast path");
+        assert_eq!(&fast.target.bytes[..], &target[..]);
+        assert!(fast.target.normal);
+    }
+    // The same length, one byte not UTF-8: refused, although it starts like the known target.
+    let mut bad_utf8 = target.clone();
+    bad_utf8[8] = 0xff;
+    // Cut short inside the target: the known bytes are not all there.
+    let short = target[..target.len() - 1].to_vec();
+    for broken in [bad_utf8, short] {
+        let bytes = frame("SEND", &[("target", broken), ("payload", payload.clone())]);
+        assert!(Msgpack.decode_envelope_bytes(&bytes, 1 << 20).is_err());
+        assert!(Msgpack.decode_envelope(&bytes, 1 << 20).is_err());
+    }
+    // A target not in normal form (a str8 where a fixstr fits) keeps that answer when repeated.
+    let mut str8 = vec![
+        0x82, 0xd9, 0x03, b'a', b'p', b'p', 0xa4, b'c', b'h', b'a', b't',
+    ];
+    str8.extend_from_slice(&[0xa3, b'o', b'p', b's', 0x90]);
+    let odd = frame("SEND", &[("target", str8), ("payload", payload)]);
+    for _ in 0..2 {
+        let envelope = Msgpack
+            .decode_envelope_bytes(&odd, 1 << 20)
+            .expect("decodes");
+        assert!(!envelope.fast.expect("the fast path").target.normal);
     }
 }
 

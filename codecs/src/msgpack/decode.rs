@@ -5,6 +5,7 @@
 //! the capacity, and strings are copied only after their bytes were found to be there. Errors
 //! carry a static text and the offset of the offending marker, so building one costs nothing.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -12,6 +13,19 @@ use ganglion_core::{Encoding, Envelope, FastDispatch, Map, RawValue, Value};
 
 use super::marker::*;
 use crate::{DecodeError, MAX_NESTING};
+
+/// The longest target remembered by [`LAST_TARGET`].
+const MAX_REMEMBERED_TARGET: usize = 1024;
+
+thread_local! {
+    /// The bytes of the last SEND/BROADCAST target this thread checked (at most
+    /// [`MAX_REMEMBERED_TARGET`]), and whether they were in normal form. A sender that repeats
+    /// its target has it recognised by its bytes instead of checked again: MessagePack values
+    /// delimit themselves, so bytes that begin with a complete, checked value hold exactly that
+    /// value, and whether bytes are valid depends on nothing else (a target always sits at
+    /// the same depth, `d.target`). Empty: nothing remembered.
+    static LAST_TARGET: RefCell<(Vec<u8>, bool)> = const { RefCell::new((Vec::new(), false)) };
+}
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
     // Refuse a non-map from its marker, before decoding a possibly large value for nothing.
@@ -230,7 +244,11 @@ impl<'a> Reader<'a> {
         for _ in 0..len {
             let (key, _) = self.key_checked()?;
             let start = self.pos;
-            let normal = self.skip(depth)?;
+            let normal = if key == b"target" {
+                self.skip_target(depth)?
+            } else {
+                self.skip(depth)?
+            };
             let found = Some((start..self.pos, normal));
             // A repeated member: the last occurrence wins (SPEC §2.4).
             match key {
@@ -241,6 +259,29 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(members)
+    }
+
+    /// [`Reader::skip`] for a target, remembering the last one checked ([`LAST_TARGET`]).
+    fn skip_target(&mut self, depth: usize) -> Result<bool, DecodeError> {
+        let start = self.pos;
+        let rest = self.rest();
+        let known = LAST_TARGET.with_borrow(|(bytes, normal)| {
+            (!bytes.is_empty() && rest.starts_with(bytes)).then_some((bytes.len(), *normal))
+        });
+        if let Some((len, normal)) = known {
+            self.pos += len;
+            return Ok(normal);
+        }
+        let normal = self.skip(depth)?;
+        let checked = &self.bytes[start..self.pos];
+        if checked.len() <= MAX_REMEMBERED_TARGET {
+            LAST_TARGET.with_borrow_mut(|(bytes, was_normal)| {
+                bytes.clear();
+                bytes.extend_from_slice(checked);
+                *was_normal = normal;
+            });
+        }
+        Ok(normal)
     }
 
     /// Checks one value exactly as [`Reader::value`] would, without building it. Answers

@@ -1,12 +1,14 @@
 //! Scenario 6: durable queue publish + consume, through the client libraries.
 //!
-//! ganglion (redb store, the default, in a fresh directory): one producer (`ganglion_client`
-//! over TCP/MessagePack) keeps 256 QUEUE frames awaiting their confirm (the server's per
-//! connection limit), one consumer takes messages with a prefetch of 64 and acks each one.
+//! ganglion (redb store, the default, in a fresh directory): [`PRODUCERS`] producers
+//! (`ganglion_client` over TCP/MessagePack, a connection each) keep 256 QUEUE frames each
+//! awaiting their confirm (the server's per-connection limit), one consumer takes messages with
+//! a prefetch of 64 and acks each one.
 //! A confirm is sent only once the message is synced to disk.
 //!
 //! NATS: a JetStream file-backed stream with work-queue retention and a durable pull consumer
-//! with explicit acks; the async-nats producer keeps 256 publishes awaiting their PubAck, the
+//! with explicit acks; as many async-nats producers (a connection each) keep 256 publishes each
+//! awaiting their PubAck, the
 //! consumer reads the `messages()` stream and acks each message. Measured twice: with NATS's
 //! default file sync (every 2 minutes: a PubAck does not mean the message is on disk) and with
 //! `sync_interval: always` (fsync per write, ganglion's guarantee).
@@ -32,6 +34,8 @@ use crate::wire::Ganglion;
 
 const PAYLOAD: usize = 128;
 const IN_FLIGHT: usize = 256;
+/// Producers, each on its own connection: group commits pay off with several.
+const PRODUCERS: usize = 4;
 const PREFETCH: usize = 64;
 
 pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
@@ -52,7 +56,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
         let mut row = Row::new(
             6,
             &format!("6.consumed.{name}"),
-            "durable queue: consumed + acked, redb, tcp-msgpack",
+            "durable queue: consumed + acked (1 consumer, 4 producers), redb, tcp-msgpack",
             "msg/s",
             true,
         )
@@ -68,7 +72,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
             Row::new(
                 6,
                 &format!("6.published.{name}"),
-                "durable queue: confirmed publishes, redb, tcp-msgpack",
+                "durable queue: confirmed publishes, 4 producers, redb, tcp-msgpack",
                 "msg/s",
                 true,
             )
@@ -98,6 +102,16 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Row>> {
 }
 
 type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Runs every producer; the first error ends them all.
+async fn all<F>(producers: Vec<F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    futures_util::future::try_join_all(producers)
+        .await
+        .map(drop)
+}
 
 /// Samples, then stops the producer and the consumer; an error either met is the result.
 async fn measure(
@@ -139,12 +153,16 @@ async fn sample(s: &Settings, consumed: &AtomicU64, published: &AtomicU64) -> (f
 async fn ganglion(s: &Settings) -> anyhow::Result<(f64, f64)> {
     let mut server = Server::ganglion(s, &["queue.store=redb"])?;
     let dsn = Ganglion::TcpMsgpack.dsn(server.addr, server.tcp.context("TCP listener")?);
-    let producer = ClientBuilder::new(&dsn)?
-        .application_id("producers")
-        .client_id("p1")
-        .buffer(4096)
-        .connect()
-        .await?;
+    let mut producers = Vec::new();
+    for i in 0..PRODUCERS {
+        let producer = ClientBuilder::new(&dsn)?
+            .application_id("producers")
+            .client_id(format!("p{i}"))
+            .buffer(4096)
+            .connect()
+            .await?;
+        producers.push(producer);
+    }
     let consumer = ClientBuilder::new(&dsn)?
         .application_id("workers")
         .client_id("w1")
@@ -165,10 +183,10 @@ async fn ganglion(s: &Settings) -> anyhow::Result<(f64, f64)> {
             anyhow::Ok(())
         })
     };
-    let producing = {
+    let producing = producers.iter().map(|producer| {
         let (producer, published, stop) =
             (producer.clone(), Arc::clone(&published), Arc::clone(&stop));
-        tokio::spawn(async move {
+        async move {
             let target = Query::application("workers");
             let payload = "x".repeat(PAYLOAD);
             let mut pending = FuturesUnordered::new();
@@ -184,11 +202,14 @@ async fn ganglion(s: &Settings) -> anyhow::Result<(f64, f64)> {
                     None => return anyhow::Ok(()),
                 }
             }
-        })
-    };
+        }
+    });
+    let producing = tokio::spawn(all(producing.collect()));
     let (c, p) = measure(s, &consumed, &published, &stop, producing, consuming).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = producer.close().await;
+        for producer in &producers {
+            let _ = producer.close().await;
+        }
         let _ = consumer.close().await;
     })
     .await;
@@ -201,9 +222,12 @@ async fn nats(s: &Settings, sync: JetStream) -> anyhow::Result<(f64, f64)> {
     use async_nats::jetstream::{self, consumer, stream};
     let mut server = Server::nats(s, Some(sync))?;
     let url = format!("nats://{}", server.addr);
-    let producer = jetstream::new(async_nats::connect(&url).await?);
+    let mut producers = Vec::new();
+    for _ in 0..PRODUCERS {
+        producers.push(jetstream::new(async_nats::connect(&url).await?));
+    }
     let consumer_js = jetstream::new(async_nats::connect(&url).await?);
-    let stream = producer
+    let stream = consumer_js
         .create_stream(stream::Config {
             name: "BENCH".into(),
             subjects: vec!["bench.q".into()],
@@ -246,9 +270,9 @@ async fn nats(s: &Settings, sync: JetStream) -> anyhow::Result<(f64, f64)> {
             anyhow::Ok(())
         })
     };
-    let producing = {
+    let producing = producers.into_iter().map(|producer| {
         let (published, stop) = (Arc::clone(&published), Arc::clone(&stop));
-        tokio::spawn(async move {
+        async move {
             let payload = Bytes::from(vec![b'x'; PAYLOAD]);
             let mut pending = FuturesUnordered::new();
             loop {
@@ -267,8 +291,9 @@ async fn nats(s: &Settings, sync: JetStream) -> anyhow::Result<(f64, f64)> {
                     None => return anyhow::Ok(()),
                 }
             }
-        })
-    };
+        }
+    });
+    let producing = tokio::spawn(all(producing.collect()));
     let (c, p) = measure(s, &consumed, &published, &stop, producing, consuming).await?;
     server.check_alive()?;
     anyhow::ensure!(c > 0.0 && p > 0.0, "nothing was published or consumed");

@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use divan::Bencher;
-use ganglion_core::frame::{Encoding, Outgoing};
+use ganglion_core::frame::Encoding;
 use ganglion_core::metadata::{Metadata, MetadataLimits, ReservedValues};
 use ganglion_core::query::{Query, QueryLimits};
 use ganglion_core::registry::{ClientRecord, Registry};
-use ganglion_core::session::Outbox;
+use ganglion_core::session::{Discard, Outbox};
 use ganglion_core::{Map, Value};
 
 fn main() {
@@ -20,18 +20,6 @@ fn main() {
 
 const SIZES: &[usize] = &[1_000, 10_000, 100_000];
 const REGIONS: [&str; 4] = ["eu-west", "eu-north", "us-east", "ap-south"];
-
-struct Discard;
-
-impl Outbox for Discard {
-    fn encoding(&self) -> Encoding {
-        Encoding::Json
-    }
-
-    fn push(&self, _frame: &Arc<Outgoing>) -> bool {
-        true
-    }
-}
 
 fn entry(ty: &str, value: Value) -> Value {
     Value::Object(Map::from([

@@ -25,6 +25,21 @@ pub trait Outbox: Send + Sync + 'static {
     fn push(&self, frame: &Arc<Outgoing>) -> bool;
 }
 
+/// An outbox that accepts every frame and keeps none, in JSON: for benchmarks and tests that
+/// route without delivering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl Outbox for Discard {
+    fn encoding(&self) -> Encoding {
+        Encoding::Json
+    }
+
+    fn push(&self, _frame: &Arc<Outgoing>) -> bool {
+        true
+    }
+}
+
 /// The transport a connection arrived on (a metrics label, and it decides the auth key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {

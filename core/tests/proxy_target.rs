@@ -6,25 +6,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ganglion_core::auth::Auth;
-use ganglion_core::frame::{Encoding, Outgoing};
+use ganglion_core::frame::Encoding;
 use ganglion_core::query::{Query, QueryLimits};
 use ganglion_core::queue::MemoryStore;
-use ganglion_core::session::{Conn, Outbox, Transport};
+use ganglion_core::session::{Conn, Discard, Transport};
 use ganglion_core::{Envelope, Outcome, Router, RouterConfig, Value};
 use serde_json::json;
-
-/// Frames for these clients go nowhere: only the choice of target is under test.
-struct Discard;
-
-impl Outbox for Discard {
-    fn encoding(&self) -> Encoding {
-        Encoding::Json
-    }
-
-    fn push(&self, _frame: &Arc<Outgoing>) -> bool {
-        true
-    }
-}
 
 fn router(password: Option<&str>) -> Router {
     Router::new(

@@ -3,27 +3,14 @@
 
 use std::sync::Arc;
 
-use ganglion_core::frame::{Encoding, Outgoing};
+use ganglion_core::frame::Encoding;
 use ganglion_core::metadata::{Metadata, MetadataLimits, ReservedValues};
 use ganglion_core::query::{Query, QueryLimits};
 use ganglion_core::registry::{ClientRecord, Registry, Slot};
-use ganglion_core::session::Outbox;
+use ganglion_core::session::Discard;
 use ganglion_core::{Map, Value};
 use proptest::prelude::*;
 use serde_json::json;
-
-/// Frames for these clients go nowhere: only the match sets are under test.
-struct Discard;
-
-impl Outbox for Discard {
-    fn encoding(&self) -> Encoding {
-        Encoding::Json
-    }
-
-    fn push(&self, _frame: &Arc<Outgoing>) -> bool {
-        true
-    }
-}
 
 fn to_value(json: serde_json::Value) -> Value {
     serde_json::from_value(json).expect("data model value")

@@ -155,6 +155,12 @@ impl fmt::Display for Version {
 
 impl<'a> Parts<'a> {
     fn parse(s: &'a str) -> Option<Parts<'a>> {
+        // Every version starts with its major number: most strings that are not versions
+        // (`"eu-west"`, an id) are refused here, without looking for `+` and `-` first. (The
+        // index tries every `$eq` string operand as a version, on every routed message.)
+        if !s.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
         // `+` cannot occur before the build, and `-` cannot occur in the core, so the first `+`
         // ends the pre-release and the first `-` ends the core.
         let (rest, build) = match s.split_once('+') {

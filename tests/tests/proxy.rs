@@ -1379,6 +1379,68 @@ async fn an_upstream_that_never_answers_gets_504_after_the_total_timeout() {
     }
 }
 
+/// A loopback listener whose accept queue is full: the kernel drops further SYNs, so a
+/// connection attempt hangs (until it is retried about a second later) — a backend that cannot
+/// be reached in time, without leaving 127.0.0.0/8.
+async fn unreachable_in_time() -> (
+    SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen with a backlog of 1");
+    let addr = listener.local_addr().expect("address");
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => fillers.push(stream),
+            // This attempt hung: the queue is full.
+            Err(_) => return (addr, listener, fillers),
+            Ok(Err(e)) => panic!("connecting to the listener: {e}"),
+        }
+    }
+    panic!("the accept queue of a backlog-1 listener never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_does_not_complete_in_time_gets_504() {
+    let gw = TestGateway::start_with(|c| {
+        c.proxy.connect_timeout_ms = 300;
+        c.proxy.total_timeout_ms = 10_000;
+    })
+    .await;
+    let (addr, _listener, _fillers) = unreachable_in_time().await;
+    let _client = register(&gw, "full", "f", &format!("http://{addr}"), json!({})).await;
+    let started = Instant::now();
+    let response = gw
+        .http(Method::GET, "/api/v1/proxy/full/", &[], Bytes::new())
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        response.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        response.text()
+    );
+    assert!(
+        reason(&response).starts_with("upstream timeout: "),
+        "{}",
+        response.text()
+    );
+    assert!(
+        elapsed < Duration::from_millis(5_000),
+        "the connect timeout, not the total one, answered: {elapsed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_still_arriving_at_the_total_timeout_is_cut_off() {
     let gw = TestGateway::start_with(|c| c.proxy.total_timeout_ms = 600).await;

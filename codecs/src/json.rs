@@ -41,7 +41,19 @@ impl Codec for Json {
 // === decode ===
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
-    // Refuse a non-object from its first byte instead of parsing, say, a megabyte of array first.
+    let text = object_text(bytes)?;
+    // serde_json's default recursion limit is what enforces `MAX_NESTING` here (see its docs).
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(DecodeError::new("the top-level value is not an object")),
+        Err(e) => Err(DecodeError::new(e.to_string())),
+    }
+}
+
+/// The text of a frame that may be an object, ready for serde_json: a non-object is refused
+/// from its first byte instead of after parsing, say, a megabyte of array, and integer `-0`s
+/// are rewritten (see [`integer_negative_zeros`]).
+fn object_text(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
     let first = bytes
         .iter()
         .enumerate()
@@ -53,14 +65,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
             return Err(DecodeError::at("the top-level value is not an object", at));
         }
     }
-    let rewritten = integer_negative_zeros(bytes);
-    let bytes = rewritten.as_deref().unwrap_or(bytes);
-    // serde_json's default recursion limit is what enforces `MAX_NESTING` here (see its docs).
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err(DecodeError::new("the top-level value is not an object")),
-        Err(e) => Err(DecodeError::new(e.to_string())),
-    }
+    Ok(match integer_negative_zeros(bytes) {
+        Some(rewritten) => rewritten.into(),
+        None => bytes.into(),
+    })
 }
 
 /// A frame straight into an [`Envelope`]: top-level member names are matched as borrowed
@@ -68,20 +76,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
 /// decoded into the data model, so a frame is refused or accepted exactly as by [`decode`].
 pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     use serde::Deserializer as _;
-    let first = bytes
-        .iter()
-        .enumerate()
-        .find(|(_, b)| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    match first {
-        None => return Err(DecodeError::new("empty payload")),
-        Some((_, b'{')) => {}
-        Some((at, _)) => {
-            return Err(DecodeError::at("the top-level value is not an object", at));
-        }
-    }
-    let rewritten = integer_negative_zeros(bytes);
-    let bytes = rewritten.as_deref().unwrap_or(bytes);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let text = object_text(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(&text);
     let envelope = de
         .deserialize_map(EnvelopeVisitor)
         .and_then(|envelope| de.end().map(|()| envelope));

@@ -1,36 +1,17 @@
 //! `Router::inject` (SPEC §2.3 "Fire-and-forget injection"): a SEND, BROADCAST or QUEUE from a
 //! sender that is not a client, answered with exactly one frame.
 
+mod support;
+
 use std::sync::Arc;
 
 use ganglion_core::auth::Auth;
-use ganglion_core::frame::{Encoding, Out, OutFrame, Outgoing, op};
+use ganglion_core::frame::{Encoding, Out, OutFrame, op};
 use ganglion_core::queue::MemoryStore;
-use ganglion_core::session::{Conn, Outbox, Transport};
+use ganglion_core::session::{Conn, Transport};
 use ganglion_core::{Envelope, Outcome, Router, RouterConfig, Value};
-use parking_lot::Mutex;
 use serde_json::json;
-
-/// Keeps every frame pushed into it.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<OutFrame>>);
-
-impl Outbox for Recorder {
-    fn encoding(&self) -> Encoding {
-        Encoding::Json
-    }
-
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
-        self.0.lock().push(frame.frame().clone());
-        true
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<OutFrame> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
+use support::Recorder;
 
 fn router() -> Router {
     Router::new(

@@ -3,37 +3,18 @@
 //! carry a child of the stored one. No exporter is installed here, so ganglion's spans get
 //! random ids.
 
+mod support;
+
 use std::sync::Arc;
 
 use ganglion_core::auth::Auth;
-use ganglion_core::frame::{Encoding, OutFrame, Outgoing, TraceContext, op};
+use ganglion_core::frame::{Encoding, OutFrame, TraceContext, op};
 use ganglion_core::queue::{MemoryStore, QueueConfig};
-use ganglion_core::session::{Conn, Outbox, Transport};
+use ganglion_core::session::{Conn, Transport};
 use ganglion_core::trace::TraceParent;
 use ganglion_core::{Envelope, Outcome, Router, RouterConfig};
-use parking_lot::Mutex;
 use serde_json::json;
-
-/// Keeps every frame pushed into it.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<OutFrame>>);
-
-impl Outbox for Recorder {
-    fn encoding(&self) -> Encoding {
-        Encoding::Json
-    }
-
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
-        self.0.lock().push(frame.frame().clone());
-        true
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<OutFrame> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
+use support::Recorder;
 
 /// What ganglion's dispatch span hands to the router: a child of the sender's context.
 fn context() -> TraceContext {

@@ -14,6 +14,8 @@
 //! `QUEUE_BENCH_RUNS`, `QUEUE_BENCH_RATE`, and `QUEUE_BENCH_STORE=memory` to measure without
 //! the durable store for comparison).
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,40 +26,17 @@ use futures_util::{SinkExt, StreamExt};
 use ganglion_gateway::{Config, Gateway};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use support::{env_or, identify};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// The same allocator as the `ganglion` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
 const PRODUCERS: usize = 8;
 const CONSUMERS: usize = 8;
 const WINDOW: usize = 256;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn identify(addr: SocketAddr, app: &str, client: &str) -> Ws {
-    let url = format!("ws://{addr}/gateway/websocket?encoding=json");
-    let (mut ws, _) = connect_async_with_config(url, None, true)
-        .await
-        .expect("connect");
-    ws.next().await.expect("hello").expect("hello");
-    let identify = json!({"op": 1, "d": {"application_id": app, "client_id": client}});
-    ws.send(Message::text(identify.to_string()))
-        .await
-        .expect("identify");
-    ws.next().await.expect("ready").expect("ready");
-    ws
-}
 
 fn frame(message: &Message) -> Option<Value> {
     match message {

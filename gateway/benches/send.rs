@@ -8,6 +8,8 @@
 //! Run: `cargo bench -p ganglion-gateway --bench send` (env `SEND_BENCH_SECS`,
 //! `SEND_BENCH_RUNS`, `SEND_BENCH_ENCODING=json|msgpack`, `SEND_BENCH_PAYLOAD` bytes).
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ganglion_gateway::{Config, Gateway};
 use serde_json::{Value, json};
+use support::env_or;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,13 +29,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const WINDOW: u64 = 4096;
 /// Frames per write on the sending side.
 const BATCH: usize = 64;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy)]
 enum Enc {

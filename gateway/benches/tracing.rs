@@ -17,8 +17,9 @@
 //! runs are printed as a markdown table. Run: `cargo bench -p ganglion-gateway --bench tracing`
 //! (env `TRACING_BENCH_SECS`, `TRACING_BENCH_RUNS`).
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,27 +35,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use parking_lot::Mutex;
-use serde_json::json;
+use support::{Ws, env_or, identify};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 /// The same allocator as the `ganglion` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
-
 const PAIRS: usize = 8;
 const WINDOW: usize = 16;
 const SCENARIOS: [&str; 4] = ["baseline", "off", "always_on", "ratio_10"];
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 // === the OTLP receiver ===
 
@@ -97,20 +88,6 @@ async fn start_receiver() -> (String, Counter) {
 }
 
 // === the load ===
-
-async fn identify(addr: SocketAddr, app: &str, client: &str) -> Ws {
-    let url = format!("ws://{addr}/gateway/websocket?encoding=json");
-    let (mut ws, _) = connect_async_with_config(url, None, true)
-        .await
-        .expect("connect");
-    ws.next().await.expect("hello").expect("hello");
-    let identify = json!({"op": 1, "d": {"application_id": app, "client_id": client}});
-    ws.send(Message::text(identify.to_string()))
-        .await
-        .expect("identify");
-    ws.next().await.expect("ready").expect("ready");
-    ws
-}
 
 /// The number after `"key":` in a JSON text; substring scanning keeps the load generator cheap
 /// next to the node it measures.

@@ -10,9 +10,11 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use ganglion_core::frame::TraceContext;
 use ganglion_core::value::write_json_str;
-use ganglion_core::{Encoding, Envelope, Out, OutFrame, Value};
+use ganglion_core::{Encoding, Envelope, Out, OutFrame, RawValue, Value};
 
 use crate::{Codec, DecodeError};
+
+mod scan;
 
 /// The JSON codec.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +33,13 @@ impl Codec for Json {
 
     fn decode_envelope(&self, bytes: &[u8], _max: usize) -> Result<Envelope, DecodeError> {
         decode_envelope(bytes)
+    }
+
+    fn decode_envelope_bytes(&self, frame: &Bytes, _max: usize) -> Result<Envelope, DecodeError> {
+        match scan::routed(frame) {
+            Some(envelope) => Ok(envelope),
+            None => decode_envelope(frame),
+        }
     }
 
     fn encode(&self, frame: &OutFrame) -> Bytes {
@@ -225,7 +234,10 @@ fn write_out(out: &Out, buf: &mut String) {
         Out::Int(i) => write_int(i, buf),
         Out::Str(s) => write_json_str(s, buf),
         Out::Value(v) => v.write_json(buf),
-        Out::Raw(raw) => raw.value().write_json(buf),
+        Out::Raw(raw) => match passes_through(raw) {
+            Some(text) => buf.push_str(text),
+            None => raw.value().write_json(buf),
+        },
         Out::Map(entries) => write_object(entries.iter().map(|(k, v)| (*k, v)), buf),
         Out::BinMap(entries) => write_object(entries.iter().map(|(k, v)| (&**k, v)), buf),
         Out::List(items) => {
@@ -238,6 +250,15 @@ fn write_out(out: &Out, buf: &mut String) {
             }
             buf.push(']');
         }
+    }
+}
+
+/// The text of client data kept in JSON normal form: exactly what writing its value would give.
+fn passes_through(raw: &RawValue) -> Option<&str> {
+    if raw.encoding == Encoding::Json && raw.normal {
+        std::str::from_utf8(&raw.bytes).ok()
+    } else {
+        None
     }
 }
 

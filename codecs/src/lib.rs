@@ -26,6 +26,7 @@
 
 mod error;
 mod etf;
+mod fast;
 mod json;
 mod msgpack;
 

@@ -5,56 +5,16 @@
 //! Frames are written by a test encoder that picks, at random, any MessagePack family a value
 //! fits in, so both the copied-as-is path (normal form) and the decode-then-encode path run.
 
+mod support;
+
 use bytes::Bytes;
 use ganglion_codecs::{Codec, Etf, Json, Msgpack};
-use ganglion_core::{Envelope, Map, Out, OutFrame, Value};
+use ganglion_core::{Map, Out, Value};
 use proptest::prelude::*;
+use support::{Choices, delivered, same_meaning};
 
 fn value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::Int),
-        (-300i64..300).prop_map(Value::Int),
-        ((i64::MAX as u64 + 1)..=u64::MAX).prop_map(Value::UInt),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::Float),
-        prop_oneof![Just(1.5f64), Just(-0.0), Just(0.0), Just(1e300)].prop_map(Value::Float),
-        "[a-z\\u{e9}\\u{1f600} ]{0,40}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 20, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..20).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z]{0,3}|target|payload|nonce", inner, 0..20)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
-/// Chooses encodings: `None` always the one ganglion's encoder writes.
-struct Choices(Option<u64>);
-
-impl Choices {
-    /// One of `n` options; option 0 is the canonical one. Other options are rare, so that a
-    /// value often departs from normal form in one place only: a check that misses one kind
-    /// of departure then shows.
-    fn pick(&mut self, n: usize) -> usize {
-        match &mut self.0 {
-            None => 0,
-            Some(state) => {
-                // xorshift64
-                *state ^= *state << 13;
-                *state ^= *state >> 7;
-                *state ^= *state << 17;
-                if *state % 16 == 0 {
-                    ((*state >> 8) % n as u64) as usize
-                } else {
-                    0
-                }
-            }
-        }
-    }
+    support::value("[a-z\\u{e9}\\u{1f600} ]{0,40}")
 }
 
 /// Writes `value` as MessagePack in a family chosen by `choices` among those it fits in.
@@ -202,14 +162,6 @@ fn frame(t: &str, members: &[(&str, Vec<u8>)]) -> Bytes {
     Bytes::from(out)
 }
 
-/// The bytes a recipient of `encoding` gets for a delivery of `payload`.
-fn delivered(codec: &dyn Codec, payload: Out) -> Bytes {
-    codec.encode(&OutFrame {
-        ts: 1_700_000_000_000,
-        ..OutFrame::delivery("SEND", Out::Int(7), payload)
-    })
-}
-
 /// Both decoders agree on `bytes`: both refuse it, or both accept it with the same meaning.
 fn agree(bytes: &Bytes) -> Result<(), TestCaseError> {
     let fast = Msgpack.decode_envelope_bytes(bytes, 1 << 20);
@@ -219,24 +171,6 @@ fn agree(bytes: &Bytes) -> Result<(), TestCaseError> {
         return Ok(());
     };
     same_meaning(fast, full)
-}
-
-fn same_meaning(fast: Envelope, full: Envelope) -> Result<(), TestCaseError> {
-    prop_assert_eq!(
-        (&fast.op, &fast.t, &fast.ts, &fast.trace),
-        (&full.op, &full.t, &full.ts, &full.trace)
-    );
-    let Some(members) = fast.fast else {
-        prop_assert_eq!(fast.d, full.d);
-        return Ok(());
-    };
-    prop_assert_eq!(fast.d, Value::Null);
-    let d = full.d.as_object().expect("d is a map");
-    prop_assert_eq!(Some(&members.target.value()), d.get("target"));
-    prop_assert_eq!(Some(&members.payload.value()), d.get("payload"));
-    let nonce = members.nonce.map(|n| n.value());
-    prop_assert_eq!(nonce.as_ref(), d.get("nonce"));
-    Ok(())
 }
 
 proptest! {

@@ -6,27 +6,19 @@
 //! carry a static text and the offset of the offending marker, so building one costs nothing.
 
 use std::cell::RefCell;
-use std::ops::Range;
 
 use bytes::Bytes;
-use ganglion_core::{Encoding, Envelope, FastDispatch, Map, RawValue, Value};
+use ganglion_core::{Encoding, Envelope, Map, Value};
 
 use super::marker::*;
+use crate::fast::{self, Members};
 use crate::{DecodeError, MAX_NESTING};
 
-/// The longest target remembered by [`LAST_TARGET`].
-const MAX_REMEMBERED_TARGET: usize = 1024;
-
 thread_local! {
-    /// The bytes of the last SEND/BROADCAST target this thread checked (at most
-    /// [`MAX_REMEMBERED_TARGET`]), and whether they were in normal form. A sender that repeats
-    /// its target has it recognised by its bytes instead of checked again: MessagePack values
-    /// delimit themselves, so bytes that begin with a complete, checked value hold exactly that
-    /// value, and whether bytes are valid depends on nothing else (a target always sits at
-    /// the same depth, `d.target`). Empty: nothing remembered.
+    /// The last target this thread checked ([`fast::LastTarget`]). MessagePack values delimit
+    /// themselves, so bytes that begin with a complete, checked value hold exactly that value.
     static LAST_TARGET: RefCell<(Vec<u8>, bool)> = const { RefCell::new((Vec::new(), false)) };
 }
-
 pub(crate) fn decode(bytes: &[u8]) -> Result<Value, DecodeError> {
     // Refuse a non-map from its marker, before decoding a possibly large value for nothing.
     match bytes.first() {
@@ -102,7 +94,9 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
     }
     let routed = op == Value::Int(4) && matches!(t.as_str(), Some("SEND" | "BROADCAST"));
     let fast = match (&d_map, frame) {
-        (Some((_, members)), Some(frame)) if routed => members.fast(frame),
+        (Some((_, members)), Some(frame)) if routed => {
+            members.fast(frame, Encoding::Msgpack, decode_checked)
+        }
         _ => None,
     };
     if fast.is_none()
@@ -119,31 +113,6 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
 /// Decodes one MessagePack value that was checked when its frame arrived.
 fn decode_checked(bytes: &[u8]) -> Option<Value> {
     Reader { bytes, pos: 0 }.value(0).ok()
-}
-
-/// Where the members of a SEND/BROADCAST `d` are, and whether each is in normal form.
-#[derive(Default)]
-struct Members {
-    target: Option<(Range<usize>, bool)>,
-    payload: Option<(Range<usize>, bool)>,
-    nonce: Option<(Range<usize>, bool)>,
-}
-
-impl Members {
-    /// The members in wire form, when `d` has both a target and a payload.
-    fn fast(&self, frame: &Bytes) -> Option<FastDispatch> {
-        let raw = |(range, normal): &(Range<usize>, bool)| RawValue {
-            encoding: Encoding::Msgpack,
-            bytes: frame.slice(range.clone()),
-            normal: *normal,
-            decode: decode_checked,
-        };
-        Some(FastDispatch {
-            target: raw(self.target.as_ref()?),
-            payload: raw(self.payload.as_ref()?),
-            nonce: self.nonce.as_ref().map(raw),
-        })
-    }
 }
 
 fn is_map(m: u8) -> bool {
@@ -249,14 +218,7 @@ impl<'a> Reader<'a> {
             } else {
                 self.skip(depth)?
             };
-            let found = Some((start..self.pos, normal));
-            // A repeated member: the last occurrence wins (SPEC §2.4).
-            match key {
-                b"target" => members.target = found,
-                b"payload" => members.payload = found,
-                b"nonce" => members.nonce = found,
-                _ => {}
-            }
+            members.found(key, start..self.pos, normal);
         }
         Ok(members)
     }
@@ -265,22 +227,12 @@ impl<'a> Reader<'a> {
     fn skip_target(&mut self, depth: usize) -> Result<bool, DecodeError> {
         let start = self.pos;
         let rest = self.rest();
-        let known = LAST_TARGET.with_borrow(|(bytes, normal)| {
-            (!bytes.is_empty() && rest.starts_with(bytes)).then_some((bytes.len(), *normal))
-        });
-        if let Some((len, normal)) = known {
+        if let Some((len, normal)) = fast::recall(&LAST_TARGET, rest, |_| true) {
             self.pos += len;
             return Ok(normal);
         }
         let normal = self.skip(depth)?;
-        let checked = &self.bytes[start..self.pos];
-        if checked.len() <= MAX_REMEMBERED_TARGET {
-            LAST_TARGET.with_borrow_mut(|(bytes, was_normal)| {
-                bytes.clear();
-                bytes.extend_from_slice(checked);
-                *was_normal = normal;
-            });
-        }
+        fast::remember(&LAST_TARGET, &self.bytes[start..self.pos], normal);
         Ok(normal)
     }
 

@@ -14,9 +14,11 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use ganglion_core::{Encoding, Envelope, Value};
+use memchr::memmem::Finder;
 
 use crate::MAX_NESTING;
 use crate::fast::{self, Members};
@@ -44,8 +46,10 @@ pub(super) fn routed(frame: &Bytes) -> Option<Envelope> {
 /// A cheap filter: a frame whose text never has `"SEND"` or `"BROADCAST"` is not one (an event
 /// name written with `\u` escapes is, and the full decoder reads it).
 fn names_a_routed_event(frame: &[u8]) -> bool {
-    memchr::memmem::find(frame, b"\"SEND\"").is_some()
-        || memchr::memmem::find(frame, b"\"BROADCAST\"").is_some()
+    // Built once: building a finder costs more than searching a small frame.
+    static SEND: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"SEND\""));
+    static BROADCAST: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"BROADCAST\""));
+    SEND.find(frame).is_some() || BROADCAST.find(frame).is_some()
 }
 
 fn envelope(frame: &Bytes) -> Scan<Envelope> {
@@ -316,26 +320,31 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Scan<(&'a [u8], bool)> {
         self.expect(b'"')?;
         let start = self.pos;
-        let (mut normal, mut ascii) = (true, true);
+        let mut normal = true;
         loop {
+            // Plain characters run up to the next quote or backslash; a control character
+            // among them must have been escaped.
+            let rest = &self.bytes[self.pos..];
+            let run = memchr::memchr2(b'"', b'\\', rest).ok_or(GiveUp)?;
+            if rest[..run].iter().any(|&b| b < 0x20) {
+                return Err(GiveUp);
+            }
+            self.pos += run;
             match self.next()? {
                 b'"' => break,
-                b'\\' => match self.next()? {
+                _ => match self.next()? {
                     // The escapes ganglion writes.
                     b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f' => {}
                     b'/' => normal = false,
                     b'u' => normal &= self.unicode_escape()?,
                     _ => return Err(GiveUp),
                 },
-                0x00..=0x1f => return Err(GiveUp),
-                0x80..=0xff => ascii = false,
-                _ => {}
             }
         }
         let text = &self.bytes[start..self.pos - 1];
         // An escape is ASCII and no byte of a multi-byte character is, so the text with its
         // escapes is valid UTF-8 exactly when the string is.
-        if !ascii && std::str::from_utf8(text).is_err() {
+        if !text.is_ascii() && std::str::from_utf8(text).is_err() {
             return Err(GiveUp);
         }
         Ok((text, normal))

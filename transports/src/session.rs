@@ -5,16 +5,18 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ganglion_codecs::FrameKind;
 use ganglion_core::error::close_code;
+use ganglion_core::queue::engine::Completion;
 use ganglion_core::telemetry;
 use ganglion_core::{Conn, Envelope, Fatal, Inbound, OutFrame, Outcome, Router};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
@@ -23,6 +25,10 @@ use crate::mailbox::{Close, Mailbox};
 /// QUEUE frames a connection may have waiting for their durable write at once; past this, the
 /// session stops reading until they are confirmed (backpressure instead of unbounded memory).
 const MAX_PIPELINED: usize = 256;
+
+/// Frames a session handles one after another when they are already read, before it looks at
+/// its deadline, the drain signal and its mailbox's overflow again.
+const READ_BATCH: usize = 64;
 
 /// Per-connection limits and deadlines (SPEC §12, `gateway.*`).
 #[derive(Debug, Clone)]
@@ -152,15 +158,19 @@ async fn read_loop<R, S>(
 {
     let SessionContext {
         router,
-        mut service,
+        service,
         config,
         shutdown,
     } = ctx;
     conn.send(hello);
-    let mut identified = false;
-    // The completion of the last pipelined frame, and how many are outstanding.
-    let mut pending = None;
-    let mut pipelined = 0;
+    let mut frames = Frames {
+        conn: conn.clone(),
+        service,
+        config: config.clone(),
+        identified: false,
+        pending: None,
+        pipelined: 0,
+    };
     let deadline = sleep_until(accepted + config.identify_timeout);
     tokio::pin!(deadline);
     // Created once: re-creating them for every frame registers and drops a waiter each time.
@@ -169,67 +179,35 @@ async fn read_loop<R, S>(
     let draining = shutdown.cancelled();
     tokio::pin!(draining);
 
-    let end = loop {
-        tokio::select! {
+    let end = 'session: loop {
+        let item = tokio::select! {
             biased;
             () = &mut overflowed => break End::Fatal(Fatal::SlowConsumer),
             () = &mut draining => break End::Goodbye("draining"),
             () = &mut deadline => {
-                break End::Fatal(if identified {
+                break End::Fatal(if frames.identified {
                     Fatal::HeartbeatTimeout
                 } else {
                     Fatal::IdentifyDeadline
                 });
             }
-            item = inbound.next() => {
-                let envelope = match item.unwrap_or(WireIn::Gone) {
-                    WireIn::Frame { bytes, kind } => {
-                        match decode(&conn, &bytes, kind, config.max_frame_bytes) {
-                            Ok(envelope) => {
-                                telemetry::frames_received(envelope.op).increment(1);
-                                envelope
-                            }
-                            Err(fatal) => break End::Fatal(fatal),
-                        }
-                    }
-                    WireIn::TooLarge => break End::Fatal(Fatal::TooLarge {
-                        limit: config.max_frame_bytes,
-                    }),
-                    WireIn::Undecodable(detail) => break End::Fatal(Fatal::Decode(Some(detail))),
-                    WireIn::Closed => break End::PeerClosed,
-                    WireIn::Gone => break End::PeerGone,
-                };
-                if !envelope.is_pipelinable() || pipelined >= MAX_PIPELINED {
-                    // Completions arrive in order, so the last one covers all before it.
-                    if let Some(completion) = pending.take() {
-                        let _ = completion.await;
-                    }
-                    pipelined = 0;
-                }
-                let inbound = Inbound::new(conn.clone(), envelope);
-                let outcome = match service.ready().await {
-                    Ok(svc) => svc.call(inbound).await,
-                    Err(never) => match never {},
-                };
-                match outcome {
-                    Ok(Outcome::Continue) => {}
-                    Ok(Outcome::Identified) => {
-                        identified = true;
-                        deadline.as_mut().reset(Instant::now() + config.heartbeat_timeout);
-                    }
-                    Ok(Outcome::Heartbeat) => {
-                        deadline.as_mut().reset(Instant::now() + config.heartbeat_timeout);
-                    }
-                    Ok(Outcome::Close(fatal)) => break End::Fatal(fatal),
-                    Ok(Outcome::Pending(completion)) => {
-                        pending = Some(completion);
-                        pipelined += 1;
-                    }
-                    Err(never) => match never {},
-                }
+            item = inbound.next() => item,
+        };
+        // Then the frames that are already read, up to a batch, without asking the other
+        // branches again for each one: a sender's burst is routed in one go.
+        let mut item = Some(item);
+        let mut handled = 0;
+        while let Some(next) = item.take() {
+            if let Err(end) = frames.handle(next, deadline.as_mut()).await {
+                break 'session end;
+            }
+            handled += 1;
+            if handled < READ_BATCH {
+                item = inbound.next().now_or_never();
             }
         }
     };
+    let Frames { mut pending, .. } = frames;
 
     // Answers to pipelined frames before the end are owed first: a QUEUE confirmed by the store
     // is confirmed to its producer before the op 8 or goodbye (SPEC §3.3). Bounded, so a stalled
@@ -274,6 +252,74 @@ async fn read_loop<R, S>(
         .await;
     }
     tracing::debug!(?end, "session ended");
+}
+
+/// The reading half of a session between frames: what handling the next frame needs.
+struct Frames<S> {
+    conn: Arc<Conn>,
+    service: S,
+    config: Arc<SessionConfig>,
+    identified: bool,
+    /// The completion of the last pipelined frame, and how many are outstanding.
+    pending: Option<Completion>,
+    pipelined: usize,
+}
+
+impl<S> Frames<S>
+where
+    S: Service<Inbound, Response = Outcome, Error = Infallible>,
+{
+    /// Decodes one inbound item and runs it through the session service; `Err` ends the
+    /// session. `deadline` is the identify or heartbeat deadline, moved on by what the frame
+    /// does.
+    async fn handle(&mut self, item: Option<WireIn>, deadline: Pin<&mut Sleep>) -> Result<(), End> {
+        let config = &self.config;
+        let envelope = match item.unwrap_or(WireIn::Gone) {
+            WireIn::Frame { bytes, kind } => {
+                let envelope =
+                    decode(&self.conn, &bytes, kind, config.max_frame_bytes).map_err(End::Fatal)?;
+                telemetry::frames_received(envelope.op).increment(1);
+                envelope
+            }
+            WireIn::TooLarge => {
+                return Err(End::Fatal(Fatal::TooLarge {
+                    limit: config.max_frame_bytes,
+                }));
+            }
+            WireIn::Undecodable(detail) => return Err(End::Fatal(Fatal::Decode(Some(detail)))),
+            WireIn::Closed => return Err(End::PeerClosed),
+            WireIn::Gone => return Err(End::PeerGone),
+        };
+        if !envelope.is_pipelinable() || self.pipelined >= MAX_PIPELINED {
+            // Completions arrive in order, so the last one covers all before it.
+            if let Some(completion) = self.pending.take() {
+                let _ = completion.await;
+            }
+            self.pipelined = 0;
+        }
+        let inbound = Inbound::new(self.conn.clone(), envelope);
+        let outcome = match self.service.ready().await {
+            Ok(svc) => svc.call(inbound).await,
+            Err(never) => match never {},
+        };
+        match outcome {
+            Ok(Outcome::Continue) => {}
+            Ok(Outcome::Identified) => {
+                self.identified = true;
+                deadline.reset(Instant::now() + config.heartbeat_timeout);
+            }
+            Ok(Outcome::Heartbeat) => {
+                deadline.reset(Instant::now() + config.heartbeat_timeout);
+            }
+            Ok(Outcome::Close(fatal)) => return Err(End::Fatal(fatal)),
+            Ok(Outcome::Pending(completion)) => {
+                self.pending = Some(completion);
+                self.pipelined += 1;
+            }
+            Err(never) => match never {},
+        }
+        Ok(())
+    }
 }
 
 /// Counts an open connection in `ganglion_connections` for as long as it lives.

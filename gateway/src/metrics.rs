@@ -11,19 +11,11 @@
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use ganglion_core::Router;
+use ganglion_core::{Router, telemetry};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Latency buckets in seconds: 50 µs to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
-
-/// Match-count buckets: how many clients a query selected.
-const MATCH_BUCKETS: &[f64] = &[
-    0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 10_000.0, 100_000.0,
-];
+/// Latency buckets in seconds: 50 µs to 10 s, as core's routing histogram has.
+const LATENCY_BUCKETS: &[f64] = telemetry::LATENCY_BUCKETS;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -39,8 +31,7 @@ pub fn handle() -> &'static PrometheusHandle {
         let builder = || {
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_matches".into()), MATCH_BUCKETS))
-                .expect("bucket lists are non-empty")
+                .expect("the bucket list is non-empty")
         };
         match builder().install_recorder() {
             Ok(handle) => {
@@ -91,16 +82,6 @@ fn describe() {
         "ganglion_dispatch_total",
         "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error)."
     );
-    describe_histogram!(
-        "ganglion_routing_seconds",
-        Unit::Seconds,
-        "Time to route one SEND, BROADCAST or QUERY_NODES: query, selection and enqueueing."
-    );
-    describe_histogram!(
-        "ganglion_routing_matches",
-        Unit::Count,
-        "Clients a routed query selected."
-    );
     describe_counter!(
         "ganglion_identify_total",
         "Identifies, by outcome (ok, restricted, rejected) and reason."
@@ -127,6 +108,7 @@ fn describe() {
 /// The exposition text for `GET /metrics`: recorded series, then scrape-time gauges.
 pub fn render(router: &Router) -> String {
     let mut out = handle().render();
+    render_routing(&mut out);
     let registered = router.registry().len();
     let _ = writeln!(
         out,
@@ -174,6 +156,33 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Core's routing histograms (`ganglion_core::telemetry::routing`), kept outside the recorder.
+fn render_routing(out: &mut String) {
+    let snapshots = telemetry::routing_snapshots();
+    let mut matches = String::new();
+    let mut seconds = String::new();
+    for (t, m, s) in &snapshots {
+        write_histogram(&mut matches, "ganglion_routing_matches", t, m);
+        write_histogram(&mut seconds, "ganglion_routing_seconds", t, s);
+    }
+    let _ = write!(
+        out,
+        "# HELP ganglion_routing_seconds Time to route one SEND or BROADCAST: query, selection and enqueueing.\n\
+         # TYPE ganglion_routing_seconds histogram\n{seconds}\
+         # HELP ganglion_routing_matches Clients a routed query selected.\n\
+         # TYPE ganglion_routing_matches histogram\n{matches}"
+    );
+}
+
+fn write_histogram(out: &mut String, name: &str, t: &str, h: &telemetry::HistogramSnapshot) {
+    for (bound, count) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{t=\"{t}\",le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{t=\"{t}\",le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{t=\"{t}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{t=\"{t}\"}} {}", h.count);
 }
 
 #[cfg(test)]

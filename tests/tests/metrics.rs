@@ -136,6 +136,15 @@ async fn routing_traffic_moves_the_counters_by_exactly_its_size() {
     assert_eq!(d("ganglion_routing_matches_count{t=SEND}"), 4.0);
     assert_eq!(d("ganglion_routing_matches_sum{t=SEND}"), 3.0 * 3.0);
     assert_eq!(d("ganglion_routing_seconds_count{t=SEND}"), 3.0);
+    // The one that matched nobody, and the three that matched three clients each.
+    assert_eq!(d("ganglion_routing_matches_bucket{le=0,t=SEND}"), 1.0);
+    assert_eq!(d("ganglion_routing_matches_bucket{le=2,t=SEND}"), 1.0);
+    assert_eq!(d("ganglion_routing_matches_bucket{le=5,t=SEND}"), 4.0);
+    assert_eq!(d("ganglion_routing_matches_bucket{le=+Inf,t=SEND}"), 4.0);
+    assert_eq!(
+        d("ganglion_routing_seconds_bucket{le=+Inf,t=SEND}"),
+        d("ganglion_routing_seconds_count{t=SEND}")
+    );
     assert!(after.contains_key("ganglion_routing_seconds_bucket{le=0.001,t=SEND}"));
 
     // A client that breaks the protocol is closed and counted by reason; the gauge follows.

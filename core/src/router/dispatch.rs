@@ -200,7 +200,7 @@ impl Router {
             let registry = self.registry.read();
             let matched = registry.match_set(&query);
             let matches = matched.len();
-            telemetry::routing(t).0.record(matches as f64);
+            telemetry::routing(t).record_matches(matches);
             let outboxes: Vec<Arc<dyn Outbox>> = registry
                 .recipients(&query, matched, wanted)
                 .into_iter()
@@ -229,9 +229,7 @@ impl Router {
         for outbox in &outboxes {
             outbox.push(&frame);
         }
-        telemetry::routing(t)
-            .1
-            .record(started.elapsed().as_secs_f64());
+        telemetry::routing(t).record_elapsed(started.elapsed());
         Ok(outboxes.len())
     }
 

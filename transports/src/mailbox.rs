@@ -191,10 +191,15 @@ impl Outbox for Mailbox {
             self.overflowed.cancel();
             return false;
         }
+        // The writer takes everything queued at once, so only the first frame after it took
+        // a batch needs to wake it; the rest of a burst joins that frame.
+        let first = state.queue.is_empty();
         state.bytes += bytes.len();
         state.queue.push_back(bytes);
         drop(state);
-        self.writable.notify_one();
+        if first {
+            self.writable.notify_one();
+        }
         telemetry::frames_sent(frame.frame().op).increment(1);
         true
     }
@@ -202,6 +207,8 @@ impl Outbox for Mailbox {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use ganglion_core::frame::Out;
 
@@ -247,6 +254,35 @@ mod tests {
         let batch = mailbox.next_batch(VecDeque::new()).await;
         assert_eq!(batch.frames.len(), 1, "only the final frame is written");
         assert_eq!(batch.finish, Some(Some(Close::new(1008, "slow consumer"))));
+    }
+
+    /// Only the first frame after the writer took a batch wakes it: a waiting writer is woken,
+    /// and frames pushed while it was busy are all in its next batch.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_writer_is_woken_by_the_first_frame_and_finds_the_whole_burst() {
+        let mailbox = Arc::new(Mailbox::new(&ganglion_codecs::Msgpack, 1 << 20));
+        let writer = |mailbox: Arc<Mailbox>| {
+            tokio::spawn(async move { mailbox.next_batch(VecDeque::new()).await.frames.len() })
+        };
+        let waiting = writer(mailbox.clone());
+        // The writer runs until it waits on the empty mailbox.
+        tokio::task::yield_now().await;
+        assert!(mailbox.push(&frame(10)));
+        let woken = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert_eq!(woken.expect("the first frame wakes the writer").unwrap(), 1);
+
+        for _ in 0..3 {
+            assert!(mailbox.push(&frame(10)));
+        }
+        let waiting = writer(mailbox.clone());
+        let taken = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert_eq!(taken.expect("queued frames are taken").unwrap(), 3);
+
+        let waiting = writer(mailbox.clone());
+        tokio::task::yield_now().await;
+        assert!(mailbox.push(&frame(10)));
+        let woken = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert_eq!(woken.expect("an emptied mailbox wakes it again").unwrap(), 1);
     }
 
     #[tokio::test]

@@ -261,6 +261,16 @@ pub fn write_json_float(f: f64, out: &mut String) {
 /// Writes a JSON string literal with the minimal escapes (`"`, `\`, control characters).
 pub fn write_json_str(s: &str, out: &mut String) {
     out.push('"');
+    // Most strings need no escape: one pass that the compiler vectorises (a fold without an
+    // early exit), then a single copy.
+    let plain = !s.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {

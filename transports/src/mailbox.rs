@@ -282,7 +282,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(mailbox.push(&frame(10)));
         let woken = tokio::time::timeout(Duration::from_secs(1), waiting).await;
-        assert_eq!(woken.expect("an emptied mailbox wakes it again").unwrap(), 1);
+        assert_eq!(
+            woken.expect("an emptied mailbox wakes it again").unwrap(),
+            1
+        );
     }
 
     #[tokio::test]

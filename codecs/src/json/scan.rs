@@ -326,7 +326,11 @@ impl<'a> Scanner<'a> {
             // among them must have been escaped.
             let rest = &self.bytes[self.pos..];
             let run = memchr::memchr2(b'"', b'\\', rest).ok_or(GiveUp)?;
-            if rest[..run].iter().any(|&b| b < 0x20) {
+            // A fold without an early exit, so the compiler checks many bytes at a time.
+            if rest[..run]
+                .iter()
+                .fold(false, |control, &b| control | (b < 0x20))
+            {
                 return Err(GiveUp);
             }
             self.pos += run;

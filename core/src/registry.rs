@@ -304,8 +304,8 @@ impl Registry {
 
     /// Whether any client matches `q` by SPEC §6.8 steps 1–4.
     pub fn any_match(&self, q: &Query) -> bool {
-        self.apps_for(q).into_iter().any(|app| {
-            self.candidates(app, q).into_iter().any(|slot| {
+        self.apps_for(q).any(|app| {
+            self.candidates(app, q).any(|slot| {
                 self.get(slot)
                     .is_some_and(|r| r.admitted_by(q) && q.matches(&r.metadata))
             })
@@ -336,13 +336,13 @@ impl Registry {
     /// The same as [`Registry::match_set`] without indexes: every client is evaluated. For
     /// differential tests and benchmarks.
     pub fn match_set_scan(&self, q: &Query) -> Vec<Slot> {
-        self.match_set_with(q, |app| app.members.iter().copied().collect(), |_| true)
+        self.match_set_with(q, |app| Candidates::Set(app.members.iter()), |_| true)
     }
 
     fn match_set_with<'a>(
         &'a self,
         q: &Query,
-        candidates: impl Fn(&'a AppIndex) -> Vec<Slot>,
+        candidates: impl Fn(&'a AppIndex) -> Candidates<'a>,
         eligible: impl Fn(&ClientRecord) -> bool,
     ) -> Vec<Slot> {
         let apps = self.apps_for(q);
@@ -351,13 +351,13 @@ impl Registry {
                 .is_some_and(|r| r.admitted_by(q) && eligible(r))
         };
         let mut matched: Vec<Slot> = Vec::new();
-        for app in &apps {
-            matched.extend(candidates(app).into_iter().filter(|slot| {
+        for app in apps.clone() {
+            matched.extend(candidates(app).filter(|slot| {
                 admitted(slot) && self.get(*slot).is_some_and(|r| q.matches(&r.metadata))
             }));
         }
         if matched.is_empty() && q.optional {
-            for app in &apps {
+            for app in apps {
                 matched.extend(app.members.iter().copied().filter(|slot| admitted(slot)));
             }
         }
@@ -394,26 +394,63 @@ impl Registry {
         }
     }
 
-    fn apps_for(&self, q: &Query) -> Vec<&AppIndex> {
+    fn apps_for(&self, q: &Query) -> Apps<'_> {
         match &q.application {
-            AppFilter::Any => self.apps.values().collect(),
-            AppFilter::Exact(app) => self.apps.get(app).into_iter().collect(),
-            AppFilter::Nothing => Vec::new(),
+            AppFilter::Any => Apps::All(self.apps.values()),
+            AppFilter::Exact(app) => Apps::One(self.apps.get(app)),
+            AppFilter::Nothing => Apps::One(None),
         }
     }
 
     /// A superset of the members of `app` that satisfy the query's `ops`, from the indexes.
-    fn candidates(&self, app: &AppIndex, q: &Query) -> Vec<Slot> {
+    fn candidates<'a>(&self, app: &'a AppIndex, q: &Query) -> Candidates<'a> {
         let plan = app.plan_all(&q.ops);
         match plan {
-            None => app.members.iter().copied().collect(),
-            Some(sets) if sets.len() == 1 => sets[0].iter().copied().collect(),
+            None => Candidates::Set(app.members.iter()),
+            Some(sets) if sets.len() == 1 => Candidates::Set(sets[0].iter()),
             Some(sets) => {
                 let mut slots: Vec<Slot> = sets.iter().flat_map(|s| s.iter().copied()).collect();
                 slots.sort_unstable();
                 slots.dedup();
-                slots
+                Candidates::Slots(slots.into_iter())
             }
+        }
+    }
+}
+
+/// The applications a query addresses, without collecting them: routing to one application is
+/// the common case, and it should not allocate.
+#[derive(Clone)]
+enum Apps<'a> {
+    All(std::collections::hash_map::Values<'a, String, AppIndex>),
+    One(Option<&'a AppIndex>),
+}
+
+impl<'a> Iterator for Apps<'a> {
+    type Item = &'a AppIndex;
+
+    fn next(&mut self) -> Option<&'a AppIndex> {
+        match self {
+            Apps::All(apps) => apps.next(),
+            Apps::One(app) => app.take(),
+        }
+    }
+}
+
+/// An application's candidates: one index bucket (or all members) as it is, or the union of
+/// several, sorted and without repeats.
+enum Candidates<'a> {
+    Set(std::collections::hash_set::Iter<'a, Slot>),
+    Slots(std::vec::IntoIter<Slot>),
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = Slot;
+
+    fn next(&mut self) -> Option<Slot> {
+        match self {
+            Candidates::Set(slots) => slots.next().copied(),
+            Candidates::Slots(slots) => slots.next(),
         }
     }
 }

@@ -7,8 +7,6 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use metrics::Counter;
-
 use crate::frame::op;
 
 /// Every event label, in a fixed order (index = position).
@@ -61,11 +59,12 @@ pub fn op_label(opcode: Option<u8>) -> &'static str {
     }
 }
 
-// === series handles ===
+// === per-message counters ===
 //
-// Looking a labelled series up costs a label array and a hash lookup per call. These handles are
-// resolved once, on first use — after the gateway has installed its recorder, which it does
-// before any traffic — and reused for every message.
+// The counters that move with every frame are kept here, one relaxed atomic add each, rather
+// than in the `metrics` recorder (whose counters also track a generation per series for idle
+// expiry, through a trait object: two atomic adds and an indirect call). `GET /metrics` renders
+// them from [`counter_snapshots`]; every series is shown, zero or not.
 
 fn index_of(labels: &[&str], value: &str) -> usize {
     labels
@@ -74,42 +73,83 @@ fn index_of(labels: &[&str], value: &str) -> usize {
         .unwrap_or(labels.len() - 1)
 }
 
+/// A monotonic counter in one atomic.
+#[derive(Debug, Default)]
+pub struct FastCounter(AtomicU64);
+
+impl FastCounter {
+    pub const fn new() -> FastCounter {
+        FastCounter(AtomicU64::new(0))
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+static FRAMES_RECEIVED: [FastCounter; OPS.len()] = [const { FastCounter::new() }; OPS.len()];
+static FRAMES_SENT: [FastCounter; OPS.len()] = [const { FastCounter::new() }; OPS.len()];
+static DISPATCHES: [FastCounter; EVENTS.len() * OUTCOMES.len()] =
+    [const { FastCounter::new() }; EVENTS.len() * OUTCOMES.len()];
+
 /// `ganglion_frames_received_total{op}`.
-pub fn frames_received(opcode: Option<u8>) -> &'static Counter {
-    static HANDLES: OnceLock<Vec<Counter>> = OnceLock::new();
-    let handles = HANDLES.get_or_init(|| {
-        OPS.iter()
-            .map(|op| metrics::counter!("ganglion_frames_received_total", "op" => *op))
-            .collect()
-    });
-    &handles[index_of(&OPS, op_label(opcode))]
+pub fn frames_received(opcode: Option<u8>) -> &'static FastCounter {
+    &FRAMES_RECEIVED[op_index(opcode)]
 }
 
 /// `ganglion_frames_sent_total{op}`.
-pub fn frames_sent(opcode: u8) -> &'static Counter {
-    static HANDLES: OnceLock<Vec<Counter>> = OnceLock::new();
-    let handles = HANDLES.get_or_init(|| {
-        OPS.iter()
-            .map(|op| metrics::counter!("ganglion_frames_sent_total", "op" => *op))
-            .collect()
-    });
-    &handles[index_of(&OPS, op_label(Some(opcode)))]
+pub fn frames_sent(opcode: u8) -> &'static FastCounter {
+    &FRAMES_SENT[op_index(Some(opcode))]
+}
+
+/// The position of an opcode's label in [`OPS`].
+fn op_index(opcode: Option<u8>) -> usize {
+    match opcode {
+        Some(op @ 0..=8) => usize::from(op),
+        _ => OPS.len() - 1,
+    }
 }
 
 /// `ganglion_dispatch_total{t, outcome}`; `t` is an [`event_label`].
-pub fn dispatch(t: &str, outcome: &str) -> &'static Counter {
-    static HANDLES: OnceLock<Vec<Counter>> = OnceLock::new();
-    let handles = HANDLES.get_or_init(|| {
-        EVENTS
-            .iter()
-            .flat_map(|t| {
-                OUTCOMES.iter().map(move |outcome| {
-                    metrics::counter!("ganglion_dispatch_total", "t" => *t, "outcome" => *outcome)
-                })
-            })
-            .collect()
-    });
-    &handles[index_of(&EVENTS, t) * OUTCOMES.len() + index_of(&OUTCOMES, outcome)]
+pub fn dispatch(t: &str, outcome: &str) -> &'static FastCounter {
+    &DISPATCHES[index_of(&EVENTS, t) * OUTCOMES.len() + index_of(&OUTCOMES, outcome)]
+}
+
+/// One series of a counter kept here: its name, its labels and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterSeries {
+    pub name: &'static str,
+    pub labels: Vec<(&'static str, &'static str)>,
+    pub value: u64,
+}
+
+/// Every series of the counters kept here, in a fixed order (grouped by name).
+pub fn counter_snapshots() -> Vec<CounterSeries> {
+    let mut out = Vec::new();
+    for (name, counters) in [
+        ("ganglion_frames_received_total", &FRAMES_RECEIVED),
+        ("ganglion_frames_sent_total", &FRAMES_SENT),
+    ] {
+        out.extend(OPS.iter().zip(counters).map(|(op, c)| CounterSeries {
+            name,
+            labels: vec![("op", *op)],
+            value: c.get(),
+        }));
+    }
+    for (i, t) in EVENTS.iter().enumerate() {
+        for (j, outcome) in OUTCOMES.iter().enumerate() {
+            out.push(CounterSeries {
+                name: "ganglion_dispatch_total",
+                labels: vec![("t", *t), ("outcome", *outcome)],
+                value: DISPATCHES[i * OUTCOMES.len() + j].get(),
+            });
+        }
+    }
+    out
 }
 
 // === routing histograms ===
@@ -250,6 +290,21 @@ mod tests {
         assert_eq!(op_label(Some(4)), "4");
         assert_eq!(op_label(Some(9)), "unknown");
         assert_eq!(op_label(None), "unknown");
+    }
+
+    #[test]
+    fn every_opcode_counts_under_its_own_label() {
+        for op in 0..=9u8 {
+            let before = frames_received(Some(op)).get();
+            frames_received(Some(op)).increment(2);
+            let series = counter_snapshots();
+            let label = op_label(Some(op));
+            let found = series
+                .iter()
+                .find(|s| s.name == "ganglion_frames_received_total" && s.labels == [("op", label)])
+                .expect("a series per label");
+            assert_eq!(found.value, before + 2, "op {op}");
+        }
     }
 
     #[test]

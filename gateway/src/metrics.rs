@@ -71,18 +71,6 @@ fn describe() {
         "Open connections, by transport and encoding."
     );
     describe_counter!(
-        "ganglion_frames_received_total",
-        "Frames received, by opcode."
-    );
-    describe_counter!(
-        "ganglion_frames_sent_total",
-        "Frames queued for clients, by opcode."
-    );
-    describe_counter!(
-        "ganglion_dispatch_total",
-        "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error)."
-    );
-    describe_counter!(
         "ganglion_identify_total",
         "Identifies, by outcome (ok, restricted, rejected) and reason."
     );
@@ -108,6 +96,7 @@ fn describe() {
 /// The exposition text for `GET /metrics`: recorded series, then scrape-time gauges.
 pub fn render(router: &Router) -> String {
     let mut out = handle().render();
+    render_counters(&mut out);
     render_routing(&mut out);
     let registered = router.registry().len();
     let _ = writeln!(
@@ -156,6 +145,28 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Core's per-message counters (`ganglion_core::telemetry::frames_received` and the like).
+fn render_counters(out: &mut String) {
+    let help = |name: &str| match name {
+        "ganglion_frames_received_total" => "Frames received, by opcode.",
+        "ganglion_frames_sent_total" => "Frames queued for clients, by opcode.",
+        _ => "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error).",
+    };
+    let mut last = "";
+    for series in telemetry::counter_snapshots() {
+        if series.name != last {
+            last = series.name;
+            let _ = writeln!(out, "# HELP {last} {}\n# TYPE {last} counter", help(last));
+        }
+        let labels: Vec<String> = series
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        let _ = writeln!(out, "{last}{{{}}} {}", labels.join(","), series.value);
+    }
 }
 
 /// Core's routing histograms (`ganglion_core::telemetry::routing`), kept outside the recorder.

@@ -188,14 +188,27 @@ impl OutFrame {
 
     /// The `d` every delivered SEND/BROADCAST/QUEUE/CLIENT_* frame has (SPEC §7.1).
     pub fn delivery(t: impl Into<Cow<'static, str>>, nonce: Out, payload: Out) -> OutFrame {
-        OutFrame::dispatch(
-            t,
-            Out::Map(vec![
+        OutFrame::delivery_at(t, nonce, payload, crate::clock::now_ms())
+    }
+
+    /// [`OutFrame::delivery`] with `ts` given, for a caller that has just read the clock.
+    pub fn delivery_at(
+        t: impl Into<Cow<'static, str>>,
+        nonce: Out,
+        payload: Out,
+        ts: u64,
+    ) -> OutFrame {
+        OutFrame {
+            op: op::DISPATCH,
+            t: Some(t.into()),
+            d: Out::Map(vec![
                 ("target", Out::Null),
                 ("nonce", nonce),
                 ("payload", payload),
             ]),
-        )
+            ts,
+            trace: None,
+        }
     }
 
     pub fn with_trace(mut self, trace: Option<TraceContext>) -> OutFrame {

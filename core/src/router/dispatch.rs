@@ -2,10 +2,11 @@
 //! of queue events to [`queue`](super::queue).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::clock;
 use crate::envelope::{Envelope, FastDispatch};
 use crate::error::Invalid;
 use crate::frame::{Out, OutFrame, Outgoing, RawValue, TraceContext};
@@ -195,7 +196,9 @@ impl Router {
                 });
             }
         };
-        let started = Instant::now();
+        // One reading of the wall clock is both the start of the routing time and the
+        // delivery's `ts` (a clock stepped back meanwhile records 0, not a negative time).
+        let started = SystemTime::now();
         let outboxes: Vec<Arc<dyn Outbox>> = {
             let registry = self.registry.read();
             let matched = registry.match_set(&query);
@@ -224,12 +227,18 @@ impl Router {
             });
         }
         let frame = Arc::new(Outgoing::new(
-            OutFrame::delivery(t, Out::Value(nonce), payload).with_trace(trace),
+            OutFrame::delivery_at(
+                t,
+                Out::Value(nonce),
+                payload,
+                clock::ms_since_epoch(started),
+            )
+            .with_trace(trace),
         ));
         for outbox in &outboxes {
             outbox.push(&frame);
         }
-        telemetry::routing(t).record_elapsed(started.elapsed());
+        telemetry::routing(t).record_elapsed(started.elapsed().unwrap_or_default());
         Ok(outboxes.len())
     }
 

@@ -347,9 +347,9 @@ impl<'a> Reader<'a> {
             _ => return Err(DecodeError::at("a map key is not a string", at)),
         };
         let bytes = self.take(len)?;
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Ok((bytes, normal)),
-            Err(_) => Err(DecodeError::at("a map key is not valid UTF-8", at)),
+        match is_utf8(bytes) {
+            true => Ok((bytes, normal)),
+            false => Err(DecodeError::at("a map key is not valid UTF-8", at)),
         }
     }
 
@@ -360,9 +360,10 @@ impl<'a> Reader<'a> {
         error: &'static str,
     ) -> Result<(), DecodeError> {
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes)
-            .map(drop)
-            .map_err(|_| DecodeError::at(error, at))
+        match is_utf8(bytes) {
+            true => Ok(()),
+            false => Err(DecodeError::at(error, at)),
+        }
     }
 
     /// A map key's bytes, checked to be UTF-8 like [`Reader::key`], without copying them.
@@ -375,9 +376,9 @@ impl<'a> Reader<'a> {
             _ => return Err(DecodeError::at("a map key is not a string", at)),
         };
         let bytes = self.take(len)?;
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Ok(bytes),
-            Err(_) => Err(DecodeError::at("a map key is not valid UTF-8", at)),
+        match is_utf8(bytes) {
+            true => Ok(bytes),
+            false => Err(DecodeError::at("a map key is not valid UTF-8", at)),
         }
     }
 
@@ -472,6 +473,12 @@ fn container_family_is_smallest(m: u8, len: usize) -> bool {
 }
 
 /// The depth inside one more container, unless that is deeper than any decoder accepts.
+/// Whether `bytes` are UTF-8, answered at once for the usual all-ASCII text (a check the
+/// compiler does many bytes at a time; `from_utf8` starts with more per-call work).
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 fn nest(depth: usize, at: usize) -> Result<usize, DecodeError> {
     let depth = depth + 1;
     if depth > MAX_NESTING {

@@ -22,6 +22,11 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Queues a frame without waiting. Returns `false` when the connection no longer accepts
     /// frames (it is closing, or it just became a slow consumer).
+    ///
+    /// A routed payload may be a slice of the buffer its frame was read into
+    /// ([`crate::RawValue`]): an outbox that queues frames should keep their encoded bytes
+    /// (as the transports' mailbox does), not the `Outgoing`, or it keeps that whole read
+    /// buffer alive with them.
     fn push(&self, frame: &Arc<Outgoing>) -> bool;
 }
 

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
-
 use crate::clock;
 use crate::envelope::{Envelope, FastDispatch};
 use crate::error::Invalid;
@@ -119,15 +117,15 @@ impl Router {
     ) -> Result<usize, Invalid> {
         if let Some(fast) = envelope.fast {
             // `d` kept in wire form by the codec: nothing of it is decoded unless needed.
+            // The payload stays a slice of the buffer the frame was read into: mailboxes
+            // encode at push time and keep only their own bytes (see `Outbox::push`), so the
+            // slice lives no longer than this dispatch.
             let FastDispatch {
                 target,
-                mut payload,
+                payload,
                 nonce,
             } = *fast;
             let nonce = nonce.map_or(Value::Null, |n| n.value());
-            // A copy: a slice would keep the whole buffer the frame was read into alive for as
-            // long as any recipient's mailbox holds the message, beyond what mailboxes count.
-            payload.bytes = Bytes::copy_from_slice(&payload.bytes);
             let parsed = match cache {
                 Some(cache) => cache.parse_raw(&target, self.config.query),
                 None => Query::parse(&target.value(), self.config.query).map(Arc::new),

@@ -8,7 +8,7 @@
 mod support;
 
 use bytes::Bytes;
-use ganglion_codecs::{Codec, Etf, Json, Msgpack};
+use ganglion_codecs::{Codec, Msgpack};
 use ganglion_core::{Map, Out, Value};
 use proptest::prelude::*;
 use support::{Choices, delivered, same_meaning};
@@ -201,33 +201,15 @@ proptest! {
         canonical in any::<bool>(),
     ) {
         let mut choices = Choices((!canonical).then_some(seed));
-        let mut members = vec![
-            ("payload", encoded(&payload, &mut choices)),
-            ("target", encoded(&target, &mut choices)),
-        ];
-        if let Some(nonce) = &nonce {
-            members.push(("nonce", encoded(nonce, &mut choices)));
-        }
-        if let Some(extra) = &extra {
-            members.push(("extra", encoded(extra, &mut choices)));
-        }
+        let members = support::members(&target, &payload, &nonce, &extra, |v| {
+            encoded(v, &mut choices)
+        });
         let t = if broadcast { "BROADCAST" } else { "SEND" };
         let bytes = frame(t, &members);
-        let envelope = Msgpack.decode_envelope_bytes(&bytes, 1 << 20).expect("decodes");
-        let fast = envelope.fast.as_deref().expect("the fast path").clone();
-        prop_assert_eq!(fast.target.value(), target);
-        prop_assert_eq!(fast.payload.value(), payload.clone());
-        prop_assert_eq!(fast.nonce.map(|n| n.value()), nonce);
+        let normal = support::fast_members_mean(&Msgpack, &bytes, &target, &payload, &nonce)?;
         // What ganglion's encoder writes is normal form, so it is copied as it came.
         if canonical {
-            prop_assert!(fast.payload.normal);
-        }
-        for codec in [&Json as &dyn Codec, &Msgpack, &Etf] {
-            prop_assert_eq!(
-                delivered(codec, Out::Raw(fast.payload.clone())),
-                delivered(codec, Out::Value(payload.clone())),
-                "{:?}", codec
-            );
+            prop_assert!(normal);
         }
         agree(&bytes)?;
     }
@@ -258,14 +240,7 @@ proptest! {
         ];
         let intact = frame("SEND", &members);
         agree(&intact)?;
-        let mut bytes = intact.to_vec();
-        let i = at.index(bytes.len());
-        match how {
-            0 => bytes[i] = byte,
-            1 => bytes.truncate(i),
-            _ => bytes.insert(i, byte),
-        }
-        agree(&Bytes::from(bytes))?;
+        agree(&support::damaged(&intact, at, byte, how))?;
     }
 }
 

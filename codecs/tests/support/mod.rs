@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use ganglion_codecs::Codec;
+use ganglion_codecs::{Codec, Etf, Json, Msgpack};
 use ganglion_core::{Envelope, Out, OutFrame, Value};
 use proptest::prelude::*;
 
@@ -85,4 +85,64 @@ pub fn same_meaning(fast: Envelope, full: Envelope) -> Result<(), TestCaseError>
     let nonce = members.nonce.map(|n| n.value());
     prop_assert_eq!(nonce.as_ref(), d.get("nonce"));
     Ok(())
+}
+
+/// `bytes`, a SEND or BROADCAST of these members, takes `codec`'s fast path; its members decode
+/// to what was sent, and every encoding writes the payload exactly as if it had been decoded on
+/// arrival. Answers whether the payload was found in normal form.
+pub fn fast_members_mean(
+    codec: &dyn Codec,
+    bytes: &Bytes,
+    target: &Value,
+    payload: &Value,
+    nonce: &Option<Value>,
+) -> Result<bool, TestCaseError> {
+    let envelope = codec
+        .decode_envelope_bytes(bytes, 1 << 20)
+        .expect("decodes");
+    let fast = envelope.fast.as_deref().expect("the fast path").clone();
+    prop_assert_eq!(&fast.target.value(), target);
+    prop_assert_eq!(&fast.payload.value(), payload);
+    prop_assert_eq!(&fast.nonce.map(|n| n.value()), nonce);
+    for recipient in [&Json as &dyn Codec, &Msgpack, &Etf] {
+        prop_assert_eq!(
+            delivered(recipient, Out::Raw(fast.payload.clone())),
+            delivered(recipient, Out::Value(payload.clone())),
+            "{:?}",
+            recipient
+        );
+    }
+    Ok(fast.payload.normal)
+}
+
+/// The members of a SEND's `d`, each written by `write`: the payload, the target, then the
+/// nonce and an unknown member when given (the fast path must not rely on any order).
+pub fn members<T>(
+    target: &Value,
+    payload: &Value,
+    nonce: &Option<Value>,
+    extra: &Option<Value>,
+    mut write: impl FnMut(&Value) -> T,
+) -> Vec<(&'static str, T)> {
+    let mut members = vec![("payload", write(payload)), ("target", write(target))];
+    if let Some(nonce) = nonce {
+        members.push(("nonce", write(nonce)));
+    }
+    if let Some(extra) = extra {
+        members.push(("extra", write(extra)));
+    }
+    members
+}
+
+/// `frame` damaged at the index `at` picks: the byte there changed to `byte` (`how` 0), the frame
+/// cut short there (1), or `byte` inserted there (2).
+pub fn damaged(frame: &[u8], at: prop::sample::Index, byte: u8, how: u8) -> Bytes {
+    let mut bytes = frame.to_vec();
+    let i = at.index(bytes.len());
+    match how {
+        0 => bytes[i] = byte,
+        1 => bytes.truncate(i),
+        _ => bytes.insert(i, byte),
+    }
+    Bytes::from(bytes)
 }

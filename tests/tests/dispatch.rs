@@ -2130,3 +2130,47 @@ async fn msgpack_members_in_any_family_are_delivered_as_their_values() {
     json_recipient.expect_nothing().await;
     msgpack_recipient.expect_nothing().await;
 }
+
+/// The JSON fast path end to end: a payload written in any JSON text reaches a JSON recipient
+/// exactly as ganglion writes its value (compact, keys sorted, the last repeated key, its own
+/// escapes) and a MessagePack recipient as that value; text already in that form arrives as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payload_text_in_any_form_is_delivered_as_its_value() {
+    let gw = TestGateway::start().await;
+    let mut json_rx = gw.identify(Enc::Json, "fp", "j").await;
+    let mut msgpack_rx = gw.identify(Enc::Msgpack, "fp", "m").await;
+    let mut sender = gw.identify(Enc::Json, "fp-sender", "s").await;
+    // (as sent, as ganglion writes its value)
+    let payloads = [
+        (r#"{"b": 1, "a" :[ 1 ,2 ]}"#, r#"{"a":[1,2],"b":1}"#),
+        (r#""\u0041\/\u00e9\n""#, r#""A/é\n""#),
+        ("-0", "0"),
+        ("1E2", "100.0"),
+        (r#"{"a":1,"a":2}"#, r#"{"a":2}"#),
+        (r#""\ud83d\ude00""#, "\"\u{1f600}\""),
+        (
+            r#"{"k":"v","n":[true,null,-5]}"#,
+            r#"{"k":"v","n":[true,null,-5]}"#,
+        ),
+    ];
+    for (sent, written) in payloads {
+        let frame = format!(
+            r#"{{"op":4,"t":"BROADCAST","d":{{"target":{{"application":"fp"}},"payload":{sent}}}}}"#
+        );
+        sender.send_raw(Message::Text(frame.into())).await;
+        let Some(Message::Text(got)) = json_rx.next_message().await else {
+            panic!("{sent}: no text delivery");
+        };
+        assert!(
+            got.contains(&format!(r#""payload":{written}}}"#)),
+            "{sent}: {got}"
+        );
+        let (_, payload) = expect_delivery(&msgpack_rx.recv().await, "BROADCAST");
+        assert_eq!(
+            payload,
+            serde_json::from_str::<Value>(written).unwrap(),
+            "{sent}"
+        );
+    }
+    sender.expect_nothing().await;
+}

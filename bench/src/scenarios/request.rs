@@ -187,12 +187,7 @@ async fn ganglion(s: &Settings, kind: Ganglion) -> anyhow::Result<(Latencies, La
             anyhow::Ok(())
         }
     };
-    let outcome = async {
-        let closed = closed_loop(s, &once).await?;
-        let open = open_loop(s, OPEN_RATE, &once).await?;
-        anyhow::Ok((closed, open))
-    }
-    .await;
+    let outcome = both_loops(s, &once).await;
     answering.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), responder.close()).await;
     server.check_alive()?;
@@ -227,15 +222,21 @@ async fn nats(s: &Settings) -> anyhow::Result<(Latencies, Latencies)> {
             anyhow::Ok(())
         }
     };
-    let outcome = async {
-        let closed = closed_loop(s, &once).await?;
-        let open = open_loop(s, OPEN_RATE, &once).await?;
-        anyhow::Ok((closed, open))
-    }
-    .await;
+    let outcome = both_loops(s, &once).await;
     answering.abort();
     server.check_alive()?;
     outcome
+}
+
+/// The closed loop, then the open loop at [`OPEN_RATE`], over the same round trip.
+async fn both_loops<F, Fut>(s: &Settings, once: &F) -> anyhow::Result<(Latencies, Latencies)>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let closed = closed_loop(s, once).await?;
+    let open = open_loop(s, OPEN_RATE, once).await?;
+    Ok((closed, open))
 }
 
 async fn closed_loop<F, Fut>(s: &Settings, once: &F) -> anyhow::Result<Latencies>

@@ -202,6 +202,50 @@ pub async fn sample(s: &Settings, count: &AtomicU64) -> f64 {
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
 }
 
+/// How far a library sender may run ahead of its receiver: at most `size` messages beyond what
+/// was received, so the lib rows measure a sustained rate, not a burst into queues.
+struct LibWindow {
+    received: AtomicU64,
+    /// Notified as messages arrive, and when the run is over.
+    room: Notify,
+    stop: AtomicBool,
+    size: u64,
+}
+
+impl LibWindow {
+    fn new(size: u64) -> Arc<LibWindow> {
+        Arc::new(LibWindow {
+            received: AtomicU64::new(0),
+            room: Notify::new(),
+            stop: AtomicBool::new(false),
+            size,
+        })
+    }
+
+    fn received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+
+    /// Waits until message number `sent` may go; `false` once the run is over.
+    async fn admit(&self, sent: u64) -> bool {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if sent - self.received.load(Ordering::Relaxed) < self.size {
+                return true;
+            }
+            self.room.notified().await;
+        }
+    }
+
+    fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+}
+
 async fn lib_ganglion(s: &Settings, kind: Ganglion) -> anyhow::Result<f64> {
     let mut server = Server::ganglion(s, &[])?;
     let dsn = kind.dsn(server.addr, server.tcp.context("ganglion's TCP listener")?);
@@ -219,11 +263,9 @@ async fn lib_ganglion(s: &Settings, kind: Ganglion) -> anyhow::Result<f64> {
         .connect()
         .await?;
     let mut inbox = rx.messages()?;
-    let count = Arc::new(AtomicU64::new(0));
-    let room = Arc::new(Notify::new());
-    let stop = Arc::new(AtomicBool::new(false));
+    let window = LibWindow::new(window(LIB_SIZE));
     let receiving = {
-        let (count, room) = (Arc::clone(&count), Arc::clone(&room));
+        let window = Arc::clone(&window);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             loop {
@@ -232,33 +274,25 @@ async fn lib_ganglion(s: &Settings, kind: Ganglion) -> anyhow::Result<f64> {
                 if n == 0 {
                     return;
                 }
-                count.fetch_add(n as u64, Ordering::Relaxed);
-                room.notify_one();
+                window.received(n as u64);
             }
         })
     };
     let sending = {
-        let (count, room, stop) = (Arc::clone(&count), Arc::clone(&room), Arc::clone(&stop));
-        let tx = tx.clone();
+        let (window, tx) = (Arc::clone(&window), tx.clone());
         tokio::spawn(async move {
             let target = Query::application("bench").eq("role", "rx");
             let payload = "x".repeat(LIB_SIZE);
-            let window = window(LIB_SIZE);
             let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if sent - count.load(Ordering::Relaxed) >= window {
-                    room.notified().await;
-                    continue;
-                }
+            while window.admit(sent).await {
                 tx.send(&target, &payload).await?;
                 sent += 1;
             }
             anyhow::Ok(())
         })
     };
-    let rate = sample(s, &count).await;
-    stop.store(true, Ordering::Relaxed);
-    room.notify_one();
+    let rate = sample(s, &window.received).await;
+    window.finish();
     sending.abort();
     receiving.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -278,39 +312,29 @@ async fn lib_nats(s: &Settings) -> anyhow::Result<f64> {
     let mut subscription = rx.subscribe("bench").await?;
     rx.flush().await?;
     let tx = async_nats::connect(&url).await?;
-    let count = Arc::new(AtomicU64::new(0));
-    let room = Arc::new(Notify::new());
-    let stop = Arc::new(AtomicBool::new(false));
+    let window = LibWindow::new(window(LIB_SIZE));
     let receiving = {
-        let (count, room) = (Arc::clone(&count), Arc::clone(&room));
+        let window = Arc::clone(&window);
         tokio::spawn(async move {
             while subscription.next().await.is_some() {
-                count.fetch_add(1, Ordering::Relaxed);
-                room.notify_one();
+                window.received(1);
             }
         })
     };
     let sending = {
-        let (count, room, stop) = (Arc::clone(&count), Arc::clone(&room), Arc::clone(&stop));
-        let tx = tx.clone();
+        let (window, tx) = (Arc::clone(&window), tx.clone());
         tokio::spawn(async move {
             let payload = Bytes::from(vec![b'x'; LIB_SIZE]);
-            let window = window(LIB_SIZE);
             let mut sent = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if sent - count.load(Ordering::Relaxed) >= window {
-                    room.notified().await;
-                    continue;
-                }
+            while window.admit(sent).await {
                 tx.publish("bench", payload.clone()).await?;
                 sent += 1;
             }
             anyhow::Ok(())
         })
     };
-    let rate = sample(s, &count).await;
-    stop.store(true, Ordering::Relaxed);
-    room.notify_one();
+    let rate = sample(s, &window.received).await;
+    window.finish();
     sending.abort();
     receiving.abort();
     drop((rx, tx));

@@ -47,6 +47,12 @@ pub use msgpack::Msgpack;
 /// never depends on its encoding.
 pub const MAX_NESTING: usize = MAX_DECODE_DEPTH - 1;
 
+/// Whether `bytes` are UTF-8, answered at once for the usual all-ASCII text (a check the
+/// compiler does many bytes at a time; `from_utf8` starts with more per-call work).
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
 /// The websocket message type a frame travels in (SPEC §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {

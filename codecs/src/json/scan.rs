@@ -20,8 +20,8 @@ use bytes::Bytes;
 use ganglion_core::{Encoding, Envelope, Value};
 use memchr::memmem::Finder;
 
-use crate::MAX_NESTING;
 use crate::fast::{self, Members};
+use crate::{MAX_NESTING, is_utf8};
 
 thread_local! {
     /// The last target this thread checked ([`fast::LastTarget`]). Bytes that begin with a checked
@@ -348,7 +348,7 @@ impl<'a> Scanner<'a> {
         let text = &self.bytes[start..self.pos - 1];
         // An escape is ASCII and no byte of a multi-byte character is, so the text with its
         // escapes is valid UTF-8 exactly when the string is.
-        if !text.is_ascii() && std::str::from_utf8(text).is_err() {
+        if !is_utf8(text) {
             return Err(GiveUp);
         }
         Ok((text, normal))

@@ -12,7 +12,7 @@ use ganglion_core::{Encoding, Envelope, Map, Value};
 
 use super::marker::*;
 use crate::fast::{self, Members};
-use crate::{DecodeError, MAX_NESTING};
+use crate::{DecodeError, MAX_NESTING, is_utf8};
 
 thread_local! {
     /// The last target this thread checked ([`fast::LastTarget`]). MessagePack values delimit
@@ -473,12 +473,6 @@ fn container_family_is_smallest(m: u8, len: usize) -> bool {
 }
 
 /// The depth inside one more container, unless that is deeper than any decoder accepts.
-/// Whether `bytes` are UTF-8, answered at once for the usual all-ASCII text (a check the
-/// compiler does many bytes at a time; `from_utf8` starts with more per-call work).
-fn is_utf8(bytes: &[u8]) -> bool {
-    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
-}
-
 fn nest(depth: usize, at: usize) -> Result<usize, DecodeError> {
     let depth = depth + 1;
     if depth > MAX_NESTING {

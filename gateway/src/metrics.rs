@@ -152,7 +152,10 @@ fn render_counters(out: &mut String) {
     let help = |name: &str| match name {
         "ganglion_frames_received_total" => "Frames received, by opcode.",
         "ganglion_frames_sent_total" => "Frames queued for clients, by opcode.",
-        _ => "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error).",
+        "ganglion_dispatch_total" => {
+            "Dispatches handled, by event type and outcome (delivered, dropped, no_route, error)."
+        }
+        _ => "",
     };
     let mut last = "";
     for series in telemetry::counter_snapshots() {

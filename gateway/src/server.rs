@@ -189,11 +189,12 @@ impl Gateway {
         let state = AppState {
             router: router.clone(),
             session,
+            proxy: Arc::new(crate::proxy::Proxy::new_or_refusing(&config.proxy)),
             config: Arc::new(config),
             health: health.clone(),
             sessions: sessions.clone(),
         };
-        let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+        let service = app(state.clone());
         let stop = http_shutdown.clone();
         let server = match tls {
             None => {
@@ -201,11 +202,7 @@ impl Gateway {
                     // Frames are small and latency matters more than packet count.
                     let _ = tcp.set_nodelay(true);
                 });
-                tokio::spawn(async move {
-                    axum::serve(listener, service)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                })
+                tokio::spawn(crate::http::serve::serve(listener, service, state, stop))
             }
             Some(tls) => {
                 let listener = TlsListener::new(
@@ -220,11 +217,7 @@ impl Gateway {
                 })?
                 // A no-op tap gives the TLS listener the same `ConnectInfo<SocketAddr>`.
                 .tap_io(|_| {});
-                tokio::spawn(async move {
-                    axum::serve(listener, service)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                })
+                tokio::spawn(crate::http::serve::serve(listener, service, state, stop))
             }
         };
         health.set_ready();

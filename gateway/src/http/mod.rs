@@ -27,6 +27,8 @@ use crate::service::SessionStack;
 
 mod proxy;
 mod queues;
+mod relay;
+pub(crate) mod serve;
 
 /// The version of the original 신경 protocol ganglion is compatible with.
 pub const SINGYEONG_VERSION: &str = "0.0.1";
@@ -72,11 +74,13 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Every websocket session, so a drain can wait for them.
     pub sessions: TaskTracker,
+    /// The HTTP proxy's upstream side, shared by the proxy routes and the relay.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 /// The HTTP application.
 pub fn app(state: AppState) -> AxumRouter {
-    let upstream = Arc::new(crate::proxy::Proxy::new_or_refusing(&state.config.proxy));
+    let upstream = state.proxy.clone();
     let api = AxumRouter::new()
         .route("/api/v1/query", post(query))
         .merge(queues::routes())
@@ -277,19 +281,34 @@ async fn authorize(
         SourceKey::from_ip(peer.ip()),
     ) {
         Ok(()) => next.run(request).await,
-        Err(HttpAuthError::NotAuthorized) => {
-            if state.router.auth().password_required() && credential.is_some() {
+        Err(error) => {
+            let (status, body) = auth_refusal(state, credential.is_some(), error);
+            json_response(status, &body)
+        }
+    }
+}
+
+/// The answer to a request the password check refused, counted as a failure when a wrong
+/// credential was given.
+fn auth_refusal(
+    state: &AppState,
+    credential_given: bool,
+    error: HttpAuthError,
+) -> (StatusCode, serde_json::Value) {
+    match error {
+        HttpAuthError::NotAuthorized => {
+            if state.router.auth().password_required() && credential_given {
                 metrics::counter!("ganglion_auth_failures_total", "transport" => "http")
                     .increment(1);
             }
-            json_response(
+            (
                 StatusCode::UNAUTHORIZED,
-                &json!({"status": "error", "error": "not authorized"}),
+                json!({"status": "error", "error": "not authorized"}),
             )
         }
-        Err(HttpAuthError::TooManyFailures) => json_response(
+        HttpAuthError::TooManyFailures => (
             StatusCode::TOO_MANY_REQUESTS,
-            &json!({"status": "error", "error": "too many failed auth attempts"}),
+            json!({"status": "error", "error": "too many failed auth attempts"}),
         ),
     }
 }

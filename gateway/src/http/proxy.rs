@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router as AxumRouter;
 use axum::body::Body;
@@ -33,7 +34,8 @@ pub static X_GANGLION_QUERY: HeaderName = HeaderName::from_static("x-ganglion-qu
 /// upstream (SPEC §9.6).
 pub static X_GANGLION_AUTH: HeaderName = HeaderName::from_static("x-ganglion-auth");
 
-const PREFIX: &str = "/api/v1/proxy/";
+/// Where transparent requests start.
+pub(super) const PREFIX: &str = "/api/v1/proxy/";
 
 /// `POST /api/v1/proxy`, behind the API's usual authentication.
 pub fn json_route(proxy: Arc<Proxy>) -> AxumRouter<AppState> {
@@ -136,19 +138,19 @@ fn finish_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>, caller:
 /// The span of one proxied request, continued from the caller's context, and the context
 /// the upstream request carries: the span's own (SPEC §9.7, §11). It ends when the response
 /// head is relayed; the body streams on after it.
-fn proxy_span(
+pub(super) fn proxy_span(
     form: &'static str,
-    method: &Method,
+    method: &str,
     url: &Uri,
     parent: Option<&TraceContext>,
 ) -> (Span, Option<TraceContext>) {
-    let name = match *method {
-        Method::GET => "proxy GET",
-        Method::HEAD => "proxy HEAD",
-        Method::POST => "proxy POST",
-        Method::PUT => "proxy PUT",
-        Method::DELETE => "proxy DELETE",
-        Method::PATCH => "proxy PATCH",
+    let name = match method {
+        "GET" => "proxy GET",
+        "HEAD" => "proxy HEAD",
+        "POST" => "proxy POST",
+        "PUT" => "proxy PUT",
+        "DELETE" => "proxy DELETE",
+        "PATCH" => "proxy PATCH",
         _ => "proxy",
     };
     traced_span(parent, || {
@@ -159,7 +161,7 @@ fn proxy_span(
             otel.name = name,
             otel.kind = "client",
             form,
-            method = %method,
+            method,
             host = url.host().unwrap_or_default(),
             status = Empty,
             error = Empty,
@@ -169,7 +171,7 @@ fn proxy_span(
 
 /// Sends the request and turns a failure into its answer (SPEC §9.7).
 async fn forward(proxy: &Proxy, request: http::Request<Body>, span: Span) -> Response {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let response = match proxy.forward(request).instrument(span.clone()).await {
         Ok(response) => response,
         Err(error) => {
@@ -177,20 +179,24 @@ async fn forward(proxy: &Proxy, request: http::Request<Body>, span: Span) -> Res
             error.into_response()
         }
     };
-    let status = response.status();
+    record_outcome(&span, response.status(), started);
+    response
+}
+
+/// Records a forwarded request's status on its span and in the proxy metrics, once its
+/// response head is known (or it failed).
+pub(super) fn record_outcome(span: &Span, status: StatusCode, started: Instant) {
     span.record("status", i64::from(status.as_u16()));
     // Status codes are a bounded label: at most a few hundred values.
     metrics::counter!("ganglion_proxy_requests_total", "status" => status.as_str().to_owned())
         .increment(1);
     metrics::histogram!("ganglion_proxy_request_seconds").record(started.elapsed().as_secs_f64());
-    response
 }
 
+const INVALID_TARGET: &str = "upstream unreachable: invalid target URL";
+
 fn invalid_target() -> Response {
-    errors(
-        StatusCode::BAD_GATEWAY,
-        "upstream unreachable: invalid target URL",
-    )
+    errors(StatusCode::BAD_GATEWAY, INVALID_TARGET)
 }
 
 // === the JSON form ===
@@ -250,7 +256,7 @@ async fn json_form(
     };
 
     let parent = trace_from_headers(&incoming).or_else(|| trace_from_headers(&headers));
-    let (span, upstream) = proxy_span("json", &method, &url, parent.as_ref());
+    let (span, upstream) = proxy_span("json", method.as_str(), &url, parent.as_ref());
     finish_headers(&mut headers, upstream.as_ref(), peer);
     let body = match body {
         None => Body::empty(),
@@ -283,7 +289,10 @@ fn is_no_body(body: &Value) -> bool {
 
 // === the transparent form ===
 
-/// `ANY /api/v1/proxy/{application}/{*path}` (SPEC §9.6).
+/// `ANY /api/v1/proxy/{application}/{*path}` (SPEC §9.6). Most of these requests never get
+/// here: the relay (`super::relay`) serves them on the connection's own task, and hands
+/// the connection to this route only for what it leaves to hyper (chunked or large request
+/// bodies, `https` targets, upgrades, `Expect`, HTTP/1.0 and HTTP/2).
 async fn transparent_form(
     proxy: Arc<Proxy>,
     State(state): State<AppState>,
@@ -291,39 +300,31 @@ async fn transparent_form(
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    if let Err(reason) = check_method(parts.method.as_str()) {
-        return bad_request(&reason);
-    }
-    let Some((application, route)) = split_path(&parts.uri) else {
-        return super::not_found().await;
-    };
-    let query = match transparent_query(parts.headers.get(&X_GANGLION_QUERY), application) {
-        Ok(query) => query,
-        Err(reason) => return bad_request(&reason),
-    };
-    let query = match Query::parse(&query, state.config.query_limits()) {
-        Ok(query) => query,
-        Err(e) => return bad_request(&e.reason),
-    };
-    let Some(address) = state.router.proxy_target(&query) else {
-        return errors(StatusCode::SERVICE_UNAVAILABLE, "no matches");
-    };
-    let Ok(url) = target_url(&address, &route) else {
-        return invalid_target();
+    let url = match transparent_target(
+        &state,
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query(),
+        parts
+            .headers
+            .get(&X_GANGLION_QUERY)
+            .map(HeaderValue::as_bytes),
+    ) {
+        Ok(url) => url,
+        Err(Refusal::NotFound) => return super::not_found().await,
+        Err(Refusal::Answer(status, reason)) => return errors(status, &reason),
     };
 
     let mut headers = std::mem::take(&mut parts.headers);
     // The credential is not the upstream's business: `X-Ganglion-Auth` never goes on, and
     // `Authorization` does not when it is what authenticated the caller.
-    let authenticated_by_authorization =
-        state.router.auth().password_required() && !headers.contains_key(&X_GANGLION_AUTH);
-    if authenticated_by_authorization {
+    if authenticated_by_authorization(&state, headers.contains_key(&X_GANGLION_AUTH)) {
         headers.remove(header::AUTHORIZATION);
     }
     headers.remove(&X_GANGLION_AUTH);
     headers.remove(&X_GANGLION_QUERY);
     let parent = trace_from_headers(&headers);
-    let (span, upstream) = proxy_span("transparent", &parts.method, &url, parent.as_ref());
+    let (span, upstream) = proxy_span("transparent", parts.method.as_str(), &url, parent.as_ref());
     finish_headers(&mut headers, upstream.as_ref(), peer);
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method;
@@ -332,10 +333,55 @@ async fn transparent_form(
     forward(&proxy, outgoing, span).await
 }
 
+/// Whether `Authorization` is the credential that let a transparent request in, and so stays
+/// with ganglion: a password is set and `X-Ganglion-Auth` was not given.
+pub(super) fn authenticated_by_authorization(state: &AppState, x_ganglion_auth: bool) -> bool {
+    state.router.auth().password_required() && !x_ganglion_auth
+}
+
+/// Why ganglion answers a transparent request itself.
+pub(super) enum Refusal {
+    /// Not a transparent proxy path at all: the API's 404.
+    NotFound,
+    /// `{"errors":[reason]}` with this status.
+    Answer(StatusCode, String),
+}
+
+/// The target URL of a transparent request (SPEC §9.6): the method checked, the client
+/// chosen by the path's application and `X-Ganglion-Query`, the route joined to its address.
+pub(super) fn transparent_target(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    raw_query: Option<&str>,
+    query_header: Option<&[u8]>,
+) -> Result<Uri, Refusal> {
+    let refuse = |status, reason: String| Err(Refusal::Answer(status, reason));
+    if let Err(reason) = check_method(method) {
+        return refuse(StatusCode::BAD_REQUEST, reason);
+    }
+    let Some((application, route)) = split_path(path, raw_query) else {
+        return Err(Refusal::NotFound);
+    };
+    let query = match transparent_query(query_header, application) {
+        Ok(query) => query,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
+    };
+    let query = match Query::parse(&query, state.config.query_limits()) {
+        Ok(query) => query,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.reason),
+    };
+    let Some(address) = state.router.proxy_target(&query) else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "no matches".to_owned());
+    };
+    target_url(&address, &route)
+        .or_else(|_| refuse(StatusCode::BAD_GATEWAY, INVALID_TARGET.to_owned()))
+}
+
 /// The `{application}` segment, percent-decoded, and the route: the rest of the path exactly
 /// as received (`/` when empty), with `?` and the raw query string if there is one.
-fn split_path(uri: &Uri) -> Option<(Value, String)> {
-    let rest = uri.path().strip_prefix(PREFIX)?;
+fn split_path(path: &str, raw_query: Option<&str>) -> Option<(Value, String)> {
+    let rest = path.strip_prefix(PREFIX)?;
     let (segment, path) = match rest.find('/') {
         Some(slash) => rest.split_at(slash),
         None => (rest, ""),
@@ -350,7 +396,7 @@ fn split_path(uri: &Uri) -> Option<(Value, String)> {
     } else {
         path.to_owned()
     };
-    if let Some(query) = uri.query() {
+    if let Some(query) = raw_query {
         route.push('?');
         route.push_str(query);
     }
@@ -359,10 +405,10 @@ fn split_path(uri: &Uri) -> Option<(Value, String)> {
 
 /// The query of a transparent request: `X-Ganglion-Query` (JSON) with `application` set to
 /// the path's, or just `{"application": <segment>}`.
-fn transparent_query(header: Option<&HeaderValue>, application: Value) -> Result<Value, String> {
+fn transparent_query(header: Option<&[u8]>, application: Value) -> Result<Value, String> {
     let mut query = match header {
         None => Value::Object(Map::new()),
-        Some(text) => serde_json::from_slice::<Value>(text.as_bytes())
+        Some(text) => serde_json::from_slice::<Value>(text)
             .map_err(|_| "X-Ganglion-Query: invalid JSON".to_owned())?,
     };
     // A query that is not an object is left as it is, for the parser to refuse.
@@ -374,17 +420,8 @@ fn transparent_query(header: Option<&HeaderValue>, application: Value) -> Result
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        match self {
-            ProxyError::NotAllowed => errors(StatusCode::FORBIDDEN, "proxy target not allowed"),
-            ProxyError::Unreachable(detail) => errors(
-                StatusCode::BAD_GATEWAY,
-                &format!("upstream unreachable: {detail}"),
-            ),
-            ProxyError::Timeout(detail) => errors(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!("upstream timeout: {detail}"),
-            ),
-        }
+        let (status, reason) = self.status_and_reason();
+        errors(status, &reason)
     }
 }
 
@@ -398,7 +435,10 @@ mod tests {
 
     #[test]
     fn the_route_is_the_raw_rest_of_the_path_and_query() {
-        let split = |s: &str| split_path(&uri(s)).unwrap();
+        let split = |s: &str| {
+            let uri = uri(s);
+            split_path(uri.path(), uri.query()).unwrap()
+        };
         assert_eq!(
             split("/api/v1/proxy/svc/users/1?x=2"),
             (Value::from("svc"), "/users/1?x=2".to_owned())
@@ -420,12 +460,13 @@ mod tests {
             (Value::from("my svc"), "/a%2Fb/c%20d".to_owned())
         );
         assert_eq!(split("/api/v1/proxy/%FF/x").0, Value::Bool(false));
+        assert_eq!(split_path("/api/v1/other", None), None);
     }
 
     #[test]
     fn the_path_segment_sets_the_application_of_the_header_query() {
-        let header = HeaderValue::from_static(r#"{"application":"other","key":"k"}"#);
-        let query = transparent_query(Some(&header), Value::from("svc")).unwrap();
+        let header = br#"{"application":"other","key":"k"}"#;
+        let query = transparent_query(Some(header), Value::from("svc")).unwrap();
         assert_eq!(query.to_json(), r#"{"application":"svc","key":"k"}"#);
         assert_eq!(
             transparent_query(None, Value::from("svc"))
@@ -434,11 +475,11 @@ mod tests {
             r#"{"application":"svc"}"#
         );
         assert_eq!(
-            transparent_query(Some(&HeaderValue::from_static("{nope")), Value::from("svc")),
+            transparent_query(Some(b"{nope"), Value::from("svc")),
             Err("X-Ganglion-Query: invalid JSON".to_owned())
         );
         assert_eq!(
-            transparent_query(Some(&HeaderValue::from_static("5")), Value::from("svc"))
+            transparent_query(Some(b"5"), Value::from("svc"))
                 .unwrap()
                 .to_json(),
             "5"

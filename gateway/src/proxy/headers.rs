@@ -26,6 +26,14 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` is one of the hop-by-hop headers (any case). Headers named in `Connection`
+/// are hop-by-hop too; the caller checks those.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Removes the hop-by-hop headers, and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
@@ -69,13 +77,23 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, caller: IpAddr) {
 /// The trace context `headers` carry (SPEC §11): a valid first `traceparent`, with the
 /// `tracestate` lines that came with it joined by commas. `None` without a valid one.
 pub fn trace_from_headers(headers: &HeaderMap) -> Option<TraceContext> {
-    let traceparent = headers.get(&TRACEPARENT)?.to_str().ok()?;
+    trace_from_lines(
+        headers.get(&TRACEPARENT).map(HeaderValue::as_bytes),
+        headers
+            .get_all(&TRACESTATE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`trace_from_headers`] from the first `traceparent` line and every `tracestate` line.
+pub fn trace_from_lines<'a>(
+    traceparent: Option<&[u8]>,
+    tracestate: impl Iterator<Item = &'a [u8]>,
+) -> Option<TraceContext> {
+    let traceparent = std::str::from_utf8(traceparent?).ok()?;
     TraceParent::parse(traceparent)?;
-    let lines: Vec<&[u8]> = headers
-        .get_all(&TRACESTATE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
+    let lines: Vec<&[u8]> = tracestate.collect();
     let tracestate = (!lines.is_empty())
         .then(|| String::from_utf8(lines.join(&b","[..])).ok())
         .flatten();

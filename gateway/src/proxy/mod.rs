@@ -5,13 +5,18 @@
 //! - [`guard`]: `proxy.allowed_cidrs` and the link-local / cloud-metadata rule;
 //! - [`connect`]: the resolver and connector that enforce the guard, and TLS;
 //! - [`target`]: a client address and a route → the target URL;
-//! - [`headers`]: hop-by-hop headers, `X-Forwarded-For`, trace context.
+//! - [`headers`]: hop-by-hop headers, `X-Forwarded-For`, trace context;
+//! - [`h1`] and [`pool`]: HTTP/1.1 framing and the plain-HTTP upstream connections of the
+//!   relay that serves most transparent requests in the connection's own task
+//!   (`crate::http::relay`).
 //!
 //! The inbound side (validation, the JSON and transparent forms) is in `crate::http::proxy`.
 
 pub mod connect;
 pub mod guard;
+pub mod h1;
 pub mod headers;
+pub mod pool;
 pub mod target;
 
 use std::error::Error as StdError;
@@ -50,9 +55,31 @@ pub enum ProxyError {
     Timeout(String),
 }
 
+impl ProxyError {
+    /// The status and the reason of the `{"errors":[reason]}` answer (SPEC §9.7).
+    pub fn status_and_reason(&self) -> (http::StatusCode, String) {
+        use http::StatusCode;
+        match self {
+            ProxyError::NotAllowed => {
+                (StatusCode::FORBIDDEN, "proxy target not allowed".to_owned())
+            }
+            ProxyError::Unreachable(detail) => (
+                StatusCode::BAD_GATEWAY,
+                format!("upstream unreachable: {detail}"),
+            ),
+            ProxyError::Timeout(detail) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("upstream timeout: {detail}"),
+            ),
+        }
+    }
+}
+
 /// The proxy's HTTP client. Cheap to share: one per node.
 pub struct Proxy {
     client: Client<HttpsConnector<GuardedConnector>, Body>,
+    /// The relay's own plain-HTTP connections (`crate::http::relay`).
+    pub upstreams: self::pool::Upstreams,
     total_timeout: Duration,
 }
 
@@ -81,6 +108,7 @@ impl Proxy {
             Arc::new(guard),
             Duration::from_millis(config.connect_timeout_ms),
         );
+        let upstreams = self::pool::Upstreams::new(tcp.clone(), POOL_IDLE_TIMEOUT);
         let https = HttpsConnectorBuilder::new()
             .with_tls_config(tls_config())
             .https_or_http()
@@ -93,8 +121,14 @@ impl Proxy {
             .build(https);
         Proxy {
             client,
+            upstreams,
             total_timeout: Duration::from_millis(config.total_timeout_ms),
         }
+    }
+
+    /// `proxy.total_timeout_ms`: from sending the request until the response is complete.
+    pub fn total_timeout(&self) -> Duration {
+        self.total_timeout
     }
 
     /// Sends `request` (an absolute URL; headers already cleaned) upstream and returns the
@@ -132,9 +166,23 @@ impl Proxy {
 
 /// Maps a client error to 403, 504 or 502, with the chain of causes as the detail.
 fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
+    classify_causes(error.source(), || error.to_string())
+}
+
+/// Maps a failure to open an upstream connection (the connector's error) like [`classify`].
+pub(crate) fn classify_connect(error: &(dyn StdError + Send + Sync + 'static)) -> ProxyError {
+    classify_causes(Some(error), || error.to_string())
+}
+
+/// 403 when the guard refused the target, 504 when a cause is a timeout, 502 otherwise; the
+/// detail is the distinct texts of the causes from `first` on, or `fallback` without any.
+fn classify_causes(
+    first: Option<&(dyn StdError + 'static)>,
+    fallback: impl FnOnce() -> String,
+) -> ProxyError {
     let mut causes: Vec<String> = Vec::new();
     let mut timed_out = false;
-    let mut source = error.source();
+    let mut source = first;
     while let Some(cause) = source {
         if cause.is::<TargetNotAllowed>() {
             return ProxyError::NotAllowed;
@@ -152,7 +200,7 @@ fn classify(error: &hyper_util::client::legacy::Error) -> ProxyError {
         source = cause.source();
     }
     let detail = if causes.is_empty() {
-        error.to_string()
+        fallback()
     } else {
         causes.join(": ")
     };

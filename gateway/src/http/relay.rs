@@ -1,0 +1,672 @@
+//! The transparent proxy's relay: HTTP/1.1 requests to `/api/v1/proxy/{application}/…` served
+//! on the connection's own task, without hyper's server and client state machines in between.
+//!
+//! Every HTTP connection starts here (`super::serve`). The relay reads request heads with
+//! httparse and takes the transparent-proxy requests it can relay byte for byte: HTTP/1.1,
+//! one of the six methods, no `Upgrade`, `Expect` or `Transfer-Encoding`, a body of at most
+//! [`MAX_BODY`] bytes given by `Content-Length`, and a plain `http` target. It checks the
+//! password, chooses the target exactly as the transparent route does
+//! (`super::proxy::transparent_target`), writes the request upstream on a pooled keep-alive
+//! connection (`crate::proxy::pool`), and streams the response back with its hop-by-hop
+//! headers removed, under the same total timeout.
+//!
+//! The first request it does not take — any other path, a websocket handshake, HTTP/1.0 or
+//! HTTP/2, an upload to stream, an `https` target, a head it cannot parse — hands the whole
+//! connection to hyper and axum, bytes already read included, for the rest of its life. So
+//! every answer to a request the relay does not take, errors included, is the router's own.
+//!
+//! Per request the relay does what the hyper path does (SPEC §9.6, §9.7): the same
+//! validation answers, hop-by-hop headers dropped both ways (and those named in
+//! `Connection`), `Host` set to the target's, `X-Forwarded-For` extended, trace context
+//! continued, `X-Ganglion-Auth`/`X-Ganglion-Query` (and `Authorization` when it carried the
+//! password) kept back, the same metrics and span. A pooled connection that turns out to be
+//! closed before any byte of the response is replaced by a new one and the request sent again
+//! — only for methods that are safe to repeat; for `POST` and `PATCH` idle connections are
+//! checked before use instead.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use http::uri::Scheme;
+use http::{StatusCode, Uri};
+use httparse::{EMPTY_HEADER, Header};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Span;
+
+use super::AppState;
+use super::proxy::{
+    PREFIX, Refusal, authenticated_by_authorization, proxy_span, record_outcome, transparent_target,
+};
+use crate::proxy::ProxyError;
+use crate::proxy::h1::{
+    ChunkedEnd, Framing, connection_has, connection_tokens, content_length, first, json_response,
+    put_decimal, put_header, response_framing,
+};
+use crate::proxy::headers::{forwarded_for, is_hop_by_hop, trace_from_lines};
+use ganglion_core::auth::SourceKey;
+
+/// Request bodies the relay takes: at most this many bytes, read whole before the request is
+/// sent. Larger ones are streamed by hyper.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// A request head longer than this goes to hyper, which has its own, larger limit.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Request headers the relay parses; a request with more goes to hyper.
+const REQUEST_HEADERS: usize = 64;
+/// Response heads: at most this many headers and bytes, as hyper's client allows.
+const RESPONSE_HEADERS: usize = 100;
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Room for reading response bodies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a connection left the relay.
+pub enum Served<IO> {
+    /// Closed, or nothing more to read.
+    Done,
+    /// A request the relay does not take: hyper serves the connection from `read` on.
+    Handoff { io: IO, read: BytesMut },
+}
+
+/// What the relay does with the request at the start of the read buffer.
+enum Step {
+    /// Not complete yet: read more.
+    NeedMore,
+    /// Not the relay's: hand the connection over.
+    Handoff,
+    /// Answered by ganglion itself (a refused password, a validation error).
+    Answer {
+        response: Vec<u8>,
+        consumed: usize,
+        close: bool,
+    },
+    /// Relay it: `upstream` holds the request to send.
+    Relay(Box<Forward>),
+}
+
+/// A request to relay, taken from the read buffer.
+struct Forward {
+    method: Method,
+    target: Uri,
+    /// Request head and body as they go upstream.
+    upstream: Vec<u8>,
+    consumed: usize,
+    /// The caller asked to close the connection after this request.
+    close: bool,
+    span: Span,
+}
+
+/// The methods the relay takes (SPEC §9.5 rows 5 and 6 refuse the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+}
+
+impl Method {
+    fn from_name(name: &str) -> Option<Method> {
+        Some(match name {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+        }
+    }
+
+    /// Whether sending the request twice is harmless (RFC 9110 §9.2.2).
+    fn idempotent(self) -> bool {
+        !matches!(self, Method::Post | Method::Patch)
+    }
+}
+
+/// Serves `io` for as long as its requests are the relay's; see the module docs.
+pub async fn serve<IO>(
+    mut io: IO,
+    peer: SocketAddr,
+    state: &AppState,
+    stop: &CancellationToken,
+) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut read = BytesMut::with_capacity(8 * 1024);
+    let mut response = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let step = loop {
+            match take(&read, peer, state) {
+                Step::NeedMore => {}
+                step => break step,
+            }
+            let got = if read.is_empty() {
+                // Between requests: a drain closes the idle connection.
+                tokio::select! {
+                    got = io.read_buf(&mut read) => got,
+                    () = stop.cancelled() => return Served::Done,
+                }
+            } else {
+                io.read_buf(&mut read).await
+            };
+            if !matches!(got, Ok(n) if n > 0) {
+                return Served::Done;
+            }
+        };
+        let keep_alive = match step {
+            Step::NeedMore => unreachable!("the loop above reads until the step is another"),
+            Step::Handoff => return Served::Handoff { io, read },
+            Step::Answer {
+                response,
+                consumed,
+                close,
+            } => {
+                read.advance(consumed);
+                if io.write_all(&response).await.is_err() {
+                    return Served::Done;
+                }
+                !close
+            }
+            Step::Relay(forward) => {
+                read.advance(forward.consumed);
+                match relay(&mut io, state, &forward, &mut response).await {
+                    Relayed::Done => !forward.close,
+                    Relayed::Broken => return Served::Done,
+                }
+            }
+        };
+        if !keep_alive || stop.is_cancelled() {
+            let _ = io.shutdown().await;
+            return Served::Done;
+        }
+    }
+}
+
+/// Decides what to do with the request at the start of `read`.
+fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
+    let mut headers = [EMPTY_HEADER; REQUEST_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(read) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if read.len() < MAX_REQUEST_HEAD => return Step::NeedMore,
+        _ => return Step::Handoff,
+    };
+    let (Some(name), Some(path), Some(1)) = (request.method, request.path, request.version) else {
+        return Step::Handoff;
+    };
+    let Some(method) = Method::from_name(name) else {
+        return Step::Handoff;
+    };
+    if !path.starts_with(PREFIX) {
+        return Step::Handoff;
+    }
+    let headers: &[Header<'_>] = request.headers;
+    let declined = ["upgrade", "expect", "transfer-encoding"];
+    if headers
+        .iter()
+        .any(|h| declined.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
+    {
+        return Step::Handoff;
+    }
+    let body_len = match content_length(headers) {
+        Ok(length) if length.unwrap_or(0) <= MAX_BODY => length,
+        _ => return Step::Handoff,
+    };
+    // At most MAX_BODY: fits in usize.
+    let consumed = head_len + body_len.unwrap_or(0) as usize;
+    if read.len() < consumed {
+        return Step::NeedMore;
+    }
+    let close = connection_has(headers, "close");
+    let answer = |status: StatusCode, body: serde_json::Value| Step::Answer {
+        response: json_response(status, &body, close),
+        consumed,
+        close,
+    };
+
+    let x_ganglion_auth = first(headers, "x-ganglion-auth");
+    let credential = x_ganglion_auth.or_else(|| first(headers, "authorization"));
+    if let Err(error) = state
+        .router
+        .auth()
+        .check_http(credential, SourceKey::from_ip(peer.ip()))
+    {
+        let (status, body) = super::auth_refusal(state, credential.is_some(), error);
+        return answer(status, body);
+    }
+    let (path, raw_query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let target = match transparent_target(
+        state,
+        name,
+        path,
+        raw_query,
+        first(headers, "x-ganglion-query"),
+    ) {
+        Ok(target) if target.scheme() == Some(&Scheme::HTTP) => target,
+        Ok(_) | Err(Refusal::NotFound) => return Step::Handoff,
+        Err(Refusal::Answer(status, reason)) => {
+            return answer(status, serde_json::json!({ "errors": [reason] }));
+        }
+    };
+
+    let parent = trace_from_lines(
+        first(headers, "traceparent"),
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("tracestate"))
+            .map(|h| h.value),
+    );
+    let (span, trace) = proxy_span("transparent", name, &target, parent.as_ref());
+    let body = &read[head_len..consumed];
+    let mut upstream = Vec::with_capacity(head_len + body.len() + 128);
+    upstream.extend_from_slice(name.as_bytes());
+    upstream.push(b' ');
+    let path_and_query = target.path_and_query().map_or("/", |p| p.as_str());
+    upstream.extend_from_slice(path_and_query.as_bytes());
+    upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    put_header(&mut upstream, b"host", host_header(&target).as_bytes());
+    let keep_authorization = !authenticated_by_authorization(state, x_ganglion_auth.is_some());
+    let named: Vec<&[u8]> = connection_tokens(headers).collect();
+    let mut forwarded = Vec::new();
+    for header in headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded.extend_from_slice(header.value);
+            forwarded.extend_from_slice(b", ");
+            continue;
+        }
+        let kept_back = is_hop_by_hop(name)
+            || [
+                "host",
+                "content-length",
+                "x-ganglion-auth",
+                "x-ganglion-query",
+            ]
+            .iter()
+            .chain(&["traceparent", "tracestate"])
+            .any(|n| name.eq_ignore_ascii_case(n))
+            || (!keep_authorization && name.eq_ignore_ascii_case("authorization"))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+        if !kept_back {
+            put_header(&mut upstream, name.as_bytes(), header.value);
+        }
+    }
+    if let Some(trace) = &trace {
+        put_header(&mut upstream, b"traceparent", trace.traceparent.as_bytes());
+        if let Some(state) = &trace.tracestate {
+            put_header(&mut upstream, b"tracestate", state.as_bytes());
+        }
+    }
+    forwarded.extend_from_slice(forwarded_for(peer.ip()).as_bytes());
+    put_header(&mut upstream, b"x-forwarded-for", &forwarded);
+    if let Some(length) = body_len {
+        upstream.extend_from_slice(b"content-length: ");
+        put_decimal(&mut upstream, length);
+        upstream.extend_from_slice(b"\r\n");
+    }
+    upstream.extend_from_slice(b"\r\n");
+    upstream.extend_from_slice(body);
+    Step::Relay(Box::new(Forward {
+        method,
+        target,
+        upstream,
+        consumed,
+        close,
+        span,
+    }))
+}
+
+/// `Host` for the target: its host, and its port unless it is 80.
+fn host_header(target: &Uri) -> String {
+    let host = target.host().unwrap_or_default();
+    match target.port_u16() {
+        Some(port) if port != 80 => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    }
+}
+
+/// How a relayed exchange ended for the downstream connection.
+enum Relayed {
+    /// The whole response went out: the connection can take its next request.
+    Done,
+    /// The response was cut short (the upstream failed mid-body, the total timeout fired, or
+    /// the caller went away): the connection must close.
+    Broken,
+}
+
+/// Sends `forward` upstream and relays the response to `io`.
+async fn relay<IO>(
+    io: &mut IO,
+    state: &AppState,
+    forward: &Forward,
+    response: &mut BytesMut,
+) -> Relayed
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let proxy = &state.proxy;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + proxy.total_timeout();
+    let authority = forward.target.authority().map_or("", |a| a.as_str());
+    let exchange = tokio::time::timeout_at(deadline, exchange(state, forward, authority, response));
+    let (upstream, head) = match exchange.await {
+        Ok(Ok(exchanged)) => exchanged,
+        Ok(Err(error)) => return refuse(io, forward, error, started).await,
+        Err(_elapsed) => {
+            let error = ProxyError::Timeout(format!(
+                "no response within {} ms",
+                proxy.total_timeout().as_millis()
+            ));
+            return refuse(io, forward, error, started).await;
+        }
+    };
+    record_outcome(&forward.span, head.status, started);
+    let body = relay_body(io, upstream, head, response);
+    match tokio::time::timeout_at(deadline, body).await {
+        Ok(Ok(Some(reusable))) => {
+            proxy.upstreams.checkin(authority, reusable);
+            Relayed::Done
+        }
+        Ok(Ok(None)) => Relayed::Done,
+        Ok(Err(_)) => Relayed::Broken,
+        Err(_elapsed) => {
+            tracing::debug!("proxied response body cut off by the total timeout");
+            Relayed::Broken
+        }
+    }
+}
+
+/// Answers a request that got no upstream response with the error's status (SPEC §9.7).
+async fn refuse<IO>(io: &mut IO, forward: &Forward, error: ProxyError, started: Instant) -> Relayed
+where
+    IO: AsyncWrite + Unpin,
+{
+    forward.span.record("error", tracing::field::debug(&error));
+    let (status, reason) = error.status_and_reason();
+    record_outcome(&forward.span, status, started);
+    let answer = json_response(
+        status,
+        &serde_json::json!({ "errors": [reason] }),
+        forward.close,
+    );
+    match io.write_all(&answer).await {
+        Ok(()) => Relayed::Done,
+        Err(_) => Relayed::Broken,
+    }
+}
+
+/// An upstream response head, ready to relay.
+struct ResponseHead {
+    status: StatusCode,
+    /// The head as it goes downstream.
+    head: Vec<u8>,
+    framing: Framing,
+    /// Whether the upstream keeps the connection open after this response.
+    keep_alive: bool,
+}
+
+/// An attempt that failed; `before_response` when not one byte of a response had come, so a
+/// pooled connection may simply have been closed by the upstream while it was idle.
+struct Failed {
+    error: ProxyError,
+    before_response: bool,
+}
+
+/// Sends the request on a pooled connection (or a new one) and reads the response head;
+/// the bytes after the head are left in `response`.
+async fn exchange(
+    state: &AppState,
+    forward: &Forward,
+    authority: &str,
+    response: &mut BytesMut,
+) -> Result<(TcpStream, ResponseHead), ProxyError> {
+    let upstreams = &state.proxy.upstreams;
+    let idempotent = forward.method.idempotent();
+    let mut pooled = upstreams.checkout(authority, !idempotent);
+    loop {
+        let reused = pooled.is_some();
+        let mut stream = match pooled.take() {
+            Some(stream) => stream,
+            None => upstreams.connect(&forward.target).await?,
+        };
+        response.clear();
+        match send(&mut stream, forward, response).await {
+            Ok(head) => return Ok((stream, head)),
+            Err(failed) if reused && idempotent && failed.before_response => {
+                tracing::debug!(error = ?failed.error, "pooled upstream connection was closed: retrying on a new one");
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
+}
+
+async fn send(
+    stream: &mut TcpStream,
+    forward: &Forward,
+    response: &mut BytesMut,
+) -> Result<ResponseHead, Failed> {
+    let failed = |error: ProxyError, response: &BytesMut| Failed {
+        error,
+        before_response: response.is_empty(),
+    };
+    if let Err(error) = stream.write_all(&forward.upstream).await {
+        return Err(failed(
+            ProxyError::Unreachable(format!("sending the request: {error}")),
+            response,
+        ));
+    }
+    loop {
+        match parse_response(forward.method, forward.close, response) {
+            Ok(Some((length, head))) => {
+                response.advance(length);
+                return Ok(head);
+            }
+            Ok(None) => {}
+            Err(error) => return Err(failed(error, response)),
+        }
+        match stream.read_buf(response).await {
+            Ok(0) => {
+                return Err(failed(
+                    ProxyError::Unreachable(
+                        "connection closed before the response was complete".to_owned(),
+                    ),
+                    response,
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(failed(
+                    ProxyError::Unreachable(format!("reading the response: {error}")),
+                    response,
+                ));
+            }
+        }
+    }
+}
+
+fn malformed(why: impl std::fmt::Display) -> ProxyError {
+    ProxyError::Unreachable(format!("invalid response from the upstream: {why}"))
+}
+
+/// The response head at the start of `response`, with its length: `None` while incomplete.
+/// Interim (1xx) responses are dropped from `response` on the way. With `close`, the head
+/// going downstream says the connection closes after it.
+fn parse_response(
+    method: Method,
+    close: bool,
+    response: &mut BytesMut,
+) -> Result<Option<(usize, ResponseHead)>, ProxyError> {
+    loop {
+        let mut headers = [EMPTY_HEADER; RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let length = match parsed.parse(response) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE_HEAD => {
+                return Ok(None);
+            }
+            Ok(httparse::Status::Partial) => return Err(malformed("response head too large")),
+            Err(error) => return Err(malformed(error)),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(malformed)?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(malformed("an upgrade nobody asked for"));
+        }
+        if status.is_informational() {
+            response.advance(length);
+            continue;
+        }
+        let headers: &[Header<'_>] = parsed.headers;
+        let framing = response_framing(method.name(), code, headers).map_err(malformed)?;
+        let keep_alive = parsed.version == Some(1)
+            && !connection_has(headers, "close")
+            && framing != Framing::UntilClose;
+        let named: Vec<&[u8]> = connection_tokens(headers).collect();
+        let mut head = Vec::with_capacity(length + 32);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(parsed.reason.unwrap_or_default().as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let rechunked = matches!(framing, Framing::Chunked | Framing::UntilClose);
+        for header in headers {
+            let name = header.name;
+            let dropped = is_hop_by_hop(name)
+                || (rechunked && name.eq_ignore_ascii_case("content-length"))
+                || named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+            if !dropped {
+                put_header(&mut head, name.as_bytes(), header.value);
+            }
+        }
+        if rechunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if close {
+            head.extend_from_slice(b"connection: close\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        return Ok(Some((
+            length,
+            ResponseHead {
+                status,
+                head,
+                framing,
+                keep_alive,
+            },
+        )));
+    }
+}
+
+/// A response body that could not be relayed to the end.
+struct Cut;
+
+/// Relays the response head and body to `io`; `response` holds the body's first bytes.
+/// Returns the upstream connection when it can carry another request.
+async fn relay_body<IO>(
+    io: &mut IO,
+    mut upstream: TcpStream,
+    head: ResponseHead,
+    response: &mut BytesMut,
+) -> Result<Option<TcpStream>, Cut>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let mut out = head.head;
+    // Whether bytes beyond the response came: the connection is then not reused.
+    let mut surplus;
+    match head.framing {
+        Framing::Empty => {
+            surplus = !response.is_empty();
+            write(io, &out).await?;
+        }
+        Framing::Length(length) => {
+            let mut left = length;
+            loop {
+                let take = (response.len() as u64).min(left) as usize;
+                out.extend_from_slice(&response[..take]);
+                left -= take as u64;
+                surplus = response.len() > take;
+                write(io, &out).await?;
+                out.clear();
+                if left == 0 {
+                    break;
+                }
+                read_more(&mut upstream, response).await?;
+            }
+        }
+        Framing::Chunked => {
+            let mut end = ChunkedEnd::default();
+            loop {
+                let found = end.feed(response).map_err(|_| Cut)?;
+                let take = found.unwrap_or(response.len());
+                out.extend_from_slice(&response[..take]);
+                surplus = response.len() > take;
+                write(io, &out).await?;
+                out.clear();
+                if found.is_some() {
+                    break;
+                }
+                read_more(&mut upstream, response).await?;
+            }
+        }
+        Framing::UntilClose => {
+            loop {
+                if !response.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", response.len()).as_bytes());
+                    out.extend_from_slice(response);
+                    out.extend_from_slice(b"\r\n");
+                    write(io, &out).await?;
+                    out.clear();
+                }
+                response.clear();
+                response.reserve(READ_CHUNK);
+                match upstream.read_buf(response).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(_) => return Err(Cut),
+                }
+            }
+            write(io, b"0\r\n\r\n").await?;
+            return Ok(None);
+        }
+    }
+    Ok((head.keep_alive && !surplus).then_some(upstream))
+}
+
+/// Replaces `response` with the next bytes from the upstream; the end of the stream here is
+/// a body cut short.
+async fn read_more(upstream: &mut TcpStream, response: &mut BytesMut) -> Result<(), Cut> {
+    response.clear();
+    response.reserve(READ_CHUNK);
+    match upstream.read_buf(response).await {
+        Ok(0) | Err(_) => Err(Cut),
+        Ok(_) => Ok(()),
+    }
+}
+
+async fn write<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> Result<(), Cut> {
+    io.write_all(bytes).await.map_err(|_| Cut)
+}

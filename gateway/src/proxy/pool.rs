@@ -1,0 +1,91 @@
+//! The relay's upstream connections (`crate::http::relay`): plain-HTTP keep-alive connections
+//! per authority, each used by one request at a time and put back when its response has been
+//! read to the end. Connections are opened by the same [`GuardedConnector`] as the pooled
+//! client's, so the SSRF guard and the connect timeout apply alike.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use tokio::net::TcpStream;
+use tower::Service;
+
+use super::connect::GuardedConnector;
+use super::{ProxyError, classify_connect};
+
+/// Idle connections kept per authority; more are closed when they come back.
+const MAX_IDLE_PER_AUTHORITY: usize = 1024;
+
+/// Idle upstream connections by authority (`host:port` as the target URL writes it).
+pub struct Upstreams {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    connector: GuardedConnector,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+impl Upstreams {
+    pub fn new(connector: GuardedConnector, idle_timeout: Duration) -> Upstreams {
+        Upstreams {
+            idle: Mutex::new(HashMap::new()),
+            connector,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that has not been idle too long.
+    /// With `probe`, connections the upstream has already closed are skipped (one
+    /// non-blocking read each): for requests that must not be sent twice.
+    pub fn checkout(&self, authority: &str, probe: bool) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(Idle { stream, since }) = list.pop() {
+            if since.elapsed() > self.idle_timeout {
+                // The rest of the list is older still.
+                list.clear();
+                return None;
+            }
+            if !probe || still_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose last response was read to the end back for reuse.
+    pub fn checkin(&self, authority: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = Idle {
+            stream,
+            since: Instant::now(),
+        };
+        match idle.get_mut(authority) {
+            Some(list) if list.len() >= MAX_IDLE_PER_AUTHORITY => {}
+            Some(list) => list.push(entry),
+            None => {
+                idle.insert(authority.to_owned(), vec![entry]);
+            }
+        }
+    }
+
+    /// Opens a new connection to `target`'s authority: 403 when the guard refuses it, 504 on
+    /// the connect timeout, 502 on any other failure.
+    pub async fn connect(&self, target: &Uri) -> Result<TcpStream, ProxyError> {
+        let mut connector = self.connector.clone();
+        match connector.call(target.clone()).await {
+            Ok(io) => Ok(io.into_inner()),
+            Err(error) => Err(classify_connect(error.as_ref())),
+        }
+    }
+}
+
+/// Whether an idle connection is still open: nothing to read and no end of stream yet.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}

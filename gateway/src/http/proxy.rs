@@ -179,18 +179,39 @@ async fn forward(proxy: &Proxy, request: http::Request<Body>, span: Span) -> Res
             error.into_response()
         }
     };
-    record_outcome(&span, response.status(), started);
+    Outcomes::default().record(&span, response.status(), started);
     response
 }
 
-/// Records a forwarded request's status on its span and in the proxy metrics, once its
-/// response head is known (or it failed).
-pub(super) fn record_outcome(span: &Span, status: StatusCode, started: Instant) {
-    span.record("status", i64::from(status.as_u16()));
-    // Status codes are a bounded label: at most a few hundred values.
-    metrics::counter!("ganglion_proxy_requests_total", "status" => status.as_str().to_owned())
-        .increment(1);
-    metrics::histogram!("ganglion_proxy_request_seconds").record(started.elapsed().as_secs_f64());
+/// The proxy's metric handles for a run of forwarded requests, the counter of the last status
+/// kept: the requests of one connection mostly end with the same status.
+#[derive(Default)]
+pub(super) struct Outcomes {
+    last: Option<(StatusCode, metrics::Counter)>,
+    seconds: Option<metrics::Histogram>,
+}
+
+impl Outcomes {
+    /// Records a forwarded request's status on its span and in the proxy metrics, once its
+    /// response head is known (or it failed).
+    pub(super) fn record(&mut self, span: &Span, status: StatusCode, started: Instant) {
+        span.record("status", i64::from(status.as_u16()));
+        let counter = match &self.last {
+            Some((last, counter)) if *last == status => counter,
+            _ => {
+                // Status codes are a bounded label: at most a few hundred values.
+                let counter = metrics::counter!(
+                    "ganglion_proxy_requests_total",
+                    "status" => status.as_str().to_owned()
+                );
+                &self.last.insert((status, counter)).1
+            }
+        };
+        counter.increment(1);
+        self.seconds
+            .get_or_insert_with(|| metrics::histogram!("ganglion_proxy_request_seconds"))
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 const INVALID_TARGET: &str = "upstream unreachable: invalid target URL";

@@ -25,6 +25,7 @@
 //! checked before use instead.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -33,12 +34,13 @@ use http::{StatusCode, Uri};
 use httparse::{EMPTY_HEADER, Header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
 use super::AppState;
 use super::proxy::{
-    PREFIX, Refusal, authenticated_by_authorization, proxy_span, record_outcome, transparent_target,
+    Outcomes, PREFIX, Refusal, authenticated_by_authorization, proxy_span, transparent_target,
 };
 use crate::proxy::ProxyError;
 use crate::proxy::h1::{
@@ -148,11 +150,19 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let caller = Caller {
+        key: SourceKey::from_ip(peer.ip()),
+        forwarded_for: forwarded_for(peer.ip()),
+    };
     let mut read = BytesMut::with_capacity(8 * 1024);
-    let mut response = BytesMut::with_capacity(READ_CHUNK);
+    let mut scratch = Scratch {
+        response: BytesMut::with_capacity(READ_CHUNK),
+        timer: Box::pin(tokio::time::sleep(state.proxy.total_timeout())),
+        outcomes: Outcomes::default(),
+    };
     loop {
         let step = loop {
-            match take(&read, peer, state) {
+            match take(&read, &caller, state) {
                 Step::NeedMore => {}
                 step => break step,
             }
@@ -185,7 +195,7 @@ where
             }
             Step::Relay(forward) => {
                 read.advance(forward.consumed);
-                match relay(&mut io, state, &forward, &mut response).await {
+                match relay(&mut io, state, &forward, &mut scratch).await {
                     Relayed::Done => !forward.close,
                     Relayed::Broken => return Served::Done,
                 }
@@ -198,8 +208,14 @@ where
     }
 }
 
+/// The downstream peer, as the password check and `X-Forwarded-For` use it.
+struct Caller {
+    key: SourceKey,
+    forwarded_for: String,
+}
+
 /// Decides what to do with the request at the start of `read`.
-fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
+fn take(read: &[u8], caller: &Caller, state: &AppState) -> Step {
     let mut headers = [EMPTY_HEADER; REQUEST_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(read) {
@@ -242,11 +258,7 @@ fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
 
     let x_ganglion_auth = first(headers, "x-ganglion-auth");
     let credential = x_ganglion_auth.or_else(|| first(headers, "authorization"));
-    if let Err(error) = state
-        .router
-        .auth()
-        .check_http(credential, SourceKey::from_ip(peer.ip()))
-    {
+    if let Err(error) = state.router.auth().check_http(credential, caller.key) {
         let (status, body) = super::auth_refusal(state, credential.is_some(), error);
         return answer(status, body);
     }
@@ -283,7 +295,7 @@ fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
     let path_and_query = target.path_and_query().map_or("/", |p| p.as_str());
     upstream.extend_from_slice(path_and_query.as_bytes());
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
-    put_header(&mut upstream, b"host", host_header(&target).as_bytes());
+    put_host(&mut upstream, &target);
     let keep_authorization = !authenticated_by_authorization(state, x_ganglion_auth.is_some());
     let named: Vec<&[u8]> = connection_tokens(headers).collect();
     let mut forwarded = Vec::new();
@@ -318,7 +330,7 @@ fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
             put_header(&mut upstream, b"tracestate", state.as_bytes());
         }
     }
-    forwarded.extend_from_slice(forwarded_for(peer.ip()).as_bytes());
+    forwarded.extend_from_slice(caller.forwarded_for.as_bytes());
     put_header(&mut upstream, b"x-forwarded-for", &forwarded);
     if let Some(length) = body_len {
         upstream.extend_from_slice(b"content-length: ");
@@ -338,12 +350,14 @@ fn take(read: &[u8], peer: SocketAddr, state: &AppState) -> Step {
 }
 
 /// `Host` for the target: its host, and its port unless it is 80.
-fn host_header(target: &Uri) -> String {
-    let host = target.host().unwrap_or_default();
-    match target.port_u16() {
-        Some(port) if port != 80 => format!("{host}:{port}"),
-        _ => host.to_owned(),
+fn put_host(out: &mut Vec<u8>, target: &Uri) {
+    out.extend_from_slice(b"host: ");
+    out.extend_from_slice(target.host().unwrap_or_default().as_bytes());
+    if let Some(port) = target.port_u16().filter(|&port| port != 80) {
+        out.push(b':');
+        put_decimal(out, u64::from(port));
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a relayed exchange ended for the downstream connection.
@@ -355,56 +369,82 @@ enum Relayed {
     Broken,
 }
 
+/// What a downstream connection keeps from one relayed request to the next.
+struct Scratch {
+    /// Upstream bytes: the response head, then body bytes as they pass through.
+    response: BytesMut,
+    /// The total timeout, moved on for each request: moving a registered timer later does
+    /// not touch the timer wheel.
+    timer: Pin<Box<Sleep>>,
+    outcomes: Outcomes,
+}
+
 /// Sends `forward` upstream and relays the response to `io`.
 async fn relay<IO>(
     io: &mut IO,
     state: &AppState,
     forward: &Forward,
-    response: &mut BytesMut,
+    scratch: &mut Scratch,
 ) -> Relayed
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let proxy = &state.proxy;
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + proxy.total_timeout();
+    let Scratch {
+        response,
+        timer,
+        outcomes,
+    } = scratch;
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::from_std(started) + proxy.total_timeout());
     let authority = forward.target.authority().map_or("", |a| a.as_str());
-    let exchange = tokio::time::timeout_at(deadline, exchange(state, forward, authority, response));
-    let (upstream, head) = match exchange.await {
-        Ok(Ok(exchanged)) => exchanged,
-        Ok(Err(error)) => return refuse(io, forward, error, started).await,
-        Err(_elapsed) => {
-            let error = ProxyError::Timeout(format!(
-                "no response within {} ms",
-                proxy.total_timeout().as_millis()
-            ));
-            return refuse(io, forward, error, started).await;
+    let exchanged = tokio::select! {
+        biased;
+        exchanged = exchange(state, forward, authority, response) => exchanged,
+        () = timer.as_mut() => Err(ProxyError::Timeout(format!(
+            "no response within {} ms",
+            proxy.total_timeout().as_millis()
+        ))),
+    };
+    let (upstream, head) = match exchanged {
+        Ok(exchanged) => exchanged,
+        Err(error) => return refuse(io, forward, error, started, outcomes).await,
+    };
+    outcomes.record(&forward.span, head.status, started);
+    let relayed = tokio::select! {
+        biased;
+        relayed = relay_body(io, upstream, head, response) => relayed,
+        () = timer.as_mut() => {
+            tracing::debug!("proxied response body cut off by the total timeout");
+            return Relayed::Broken;
         }
     };
-    record_outcome(&forward.span, head.status, started);
-    let body = relay_body(io, upstream, head, response);
-    match tokio::time::timeout_at(deadline, body).await {
-        Ok(Ok(Some(reusable))) => {
+    match relayed {
+        Ok(Some(reusable)) => {
             proxy.upstreams.checkin(authority, reusable);
             Relayed::Done
         }
-        Ok(Ok(None)) => Relayed::Done,
-        Ok(Err(_)) => Relayed::Broken,
-        Err(_elapsed) => {
-            tracing::debug!("proxied response body cut off by the total timeout");
-            Relayed::Broken
-        }
+        Ok(None) => Relayed::Done,
+        Err(Cut) => Relayed::Broken,
     }
 }
 
 /// Answers a request that got no upstream response with the error's status (SPEC §9.7).
-async fn refuse<IO>(io: &mut IO, forward: &Forward, error: ProxyError, started: Instant) -> Relayed
+async fn refuse<IO>(
+    io: &mut IO,
+    forward: &Forward,
+    error: ProxyError,
+    started: Instant,
+    outcomes: &mut Outcomes,
+) -> Relayed
 where
     IO: AsyncWrite + Unpin,
 {
     forward.span.record("error", tracing::field::debug(&error));
     let (status, reason) = error.status_and_reason();
-    record_outcome(&forward.span, status, started);
+    outcomes.record(&forward.span, status, started);
     let answer = json_response(
         status,
         &serde_json::json!({ "errors": [reason] }),

@@ -18,42 +18,54 @@ pub struct InvalidTarget;
 /// | an IPv6 literal, bare or in the expanded peer form | `http://[A]` |
 /// | `[v6]:port`, `host`, `host:port`, IPv4 with or without port | `http://A` |
 pub fn base_url(address: &str) -> String {
+    let (scheme, rest, close) = base_parts(address);
+    [scheme, rest, close].concat()
+}
+
+/// [`base_url`] in three parts, without allocating: the scheme (with `[` for a bare IPv6
+/// address), the rest of the address, and `]` or nothing.
+fn base_parts(address: &str) -> (&'static str, &str, &'static str) {
     for scheme in ["http://", "https://"] {
         if let Some(prefix) = address.get(..scheme.len())
             && prefix.eq_ignore_ascii_case(scheme)
         {
-            return format!("{scheme}{}", &address[scheme.len()..]);
+            return (scheme, &address[scheme.len()..], "");
         }
     }
-    if address.parse::<Ipv6Addr>().is_ok() {
-        format!("http://[{address}]")
+    if address.contains(':') && address.parse::<Ipv6Addr>().is_ok() {
+        ("http://[", address, "]")
     } else {
-        format!("http://{address}")
+        ("http://", address, "")
     }
 }
 
 /// The base without its trailing `/`s, one `/`, the route without its leading `/`s; checked to
 /// be an absolute `http`/`https` URL whose host is the base's.
 pub fn target_url(address: &str, route: &str) -> Result<Uri, InvalidTarget> {
-    let base = base_url(address);
-    let base = base.trim_end_matches('/');
+    let (scheme, rest, close) = base_parts(address);
     let route = route.trim_start_matches('/');
-    let mut joined = String::with_capacity(base.len() + 1 + route.len());
-    joined.push_str(base);
-    joined.push('/');
-    joined.push_str(route);
-    let uri: Uri = joined.parse().map_err(|_| InvalidTarget)?;
-    let scheme_ok = uri.scheme() == Some(&Scheme::HTTP) || uri.scheme() == Some(&Scheme::HTTPS);
+    let mut joined = String::with_capacity(scheme.len() + rest.len() + 2 + route.len());
+    joined.push_str(scheme);
+    joined.push_str(rest);
+    joined.push_str(close);
+    joined.truncate(joined.trim_end_matches('/').len());
     // The joined URL starts with the base, so its host is the base's exactly when its
     // authority is the base's: everything after `://` up to the first `/`, `?` or `#`.
-    let after_scheme = base.split_once("://").map_or("", |(_, rest)| rest);
-    let base_authority = after_scheme
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
+    let after_scheme = joined
+        .split_once("://")
+        .map_or(0, |(scheme, _)| scheme.len() + 3);
+    let authority_len = joined[after_scheme..]
+        .find(['/', '?', '#'])
+        .unwrap_or(joined.len() - after_scheme);
+    joined.push('/');
+    joined.push_str(route);
+    let joined = bytes::Bytes::from(joined);
+    let base_authority = joined.slice(after_scheme..after_scheme + authority_len);
+    let uri = Uri::from_maybe_shared(joined).map_err(|_| InvalidTarget)?;
+    let scheme_ok = uri.scheme() == Some(&Scheme::HTTP) || uri.scheme() == Some(&Scheme::HTTPS);
     let same_host = uri
         .authority()
-        .is_some_and(|a| a.as_str() == base_authority && !a.host().is_empty());
+        .is_some_and(|a| a.as_str().as_bytes() == base_authority && !a.host().is_empty());
     if !scheme_ok || !same_host {
         return Err(InvalidTarget);
     }

@@ -22,25 +22,33 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-/// One scripted answer: the bytes to write, and whether to close the connection after them.
+/// One scripted answer: the bytes to write, and whether to close the connection after them;
+/// with `stray`, those bytes are written once the test says so (`Scripted::stray`), before
+/// the close.
 struct Answer {
     bytes: &'static [u8],
     close: bool,
+    stray: Option<&'static [u8]>,
 }
 
 fn answer(bytes: &'static [u8]) -> Answer {
     Answer {
         bytes,
         close: false,
+        stray: None,
     }
 }
 
 fn answer_and_close(bytes: &'static [u8]) -> Answer {
-    Answer { bytes, close: true }
+    Answer {
+        bytes,
+        close: true,
+        stray: None,
+    }
 }
 
 /// A raw HTTP/1.1 upstream: each request it reads (head, then a `Content-Length` body) is
@@ -50,6 +58,7 @@ struct Scripted {
     addr: SocketAddr,
     requests: mpsc::UnboundedReceiver<Vec<u8>>,
     closed: mpsc::UnboundedReceiver<()>,
+    stray: Arc<Notify>,
     connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -68,20 +77,22 @@ impl Scripted {
         let connections = Arc::new(AtomicUsize::new(0));
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
+        let stray = Arc::new(Notify::new());
         let counted = connections.clone();
+        let go = stray.clone();
         let task = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((tcp, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                let (script, requests, closed) =
-                    (script.clone(), requests_tx.clone(), closed_tx.clone());
-                open.push(tokio::spawn(answer_requests(tcp, script, requests, closed)));
+                let to = (requests_tx.clone(), closed_tx.clone(), go.clone());
+                open.push(tokio::spawn(answer_requests(tcp, script.clone(), to)));
             }
         });
         Scripted {
             addr,
             requests,
             closed,
+            stray,
             connections,
             task,
         }
@@ -121,8 +132,11 @@ impl Scripted {
 async fn answer_requests(
     mut tcp: TcpStream,
     script: Arc<Mutex<VecDeque<Answer>>>,
-    requests: mpsc::UnboundedSender<Vec<u8>>,
-    closed: mpsc::UnboundedSender<()>,
+    (requests, closed, stray_go): (
+        mpsc::UnboundedSender<Vec<u8>>,
+        mpsc::UnboundedSender<()>,
+        Arc<Notify>,
+    ),
 ) {
     let mut read = Vec::new();
     loop {
@@ -130,11 +144,20 @@ async fn answer_requests(
             return;
         };
         let _ = requests.send(request);
-        let Some(Answer { bytes, close }) = script.lock().unwrap().pop_front() else {
+        let Some(Answer {
+            bytes,
+            close,
+            stray,
+        }) = script.lock().unwrap().pop_front()
+        else {
             return;
         };
         if tcp.write_all(bytes).await.is_err() {
             return;
+        }
+        if let Some(stray) = stray {
+            stray_go.notified().await;
+            let _ = tcp.write_all(stray).await;
         }
         if close {
             drop(tcp);
@@ -173,6 +196,14 @@ async fn register(gw: &TestGateway, app: &str, upstream: SocketAddr) -> Client {
         json!({"application_id": app, "client_id": "c", "ip": format!("http://{upstream}")}),
     )
     .await
+}
+
+/// A gateway, a scripted upstream, and the upstream registered as application `svc`.
+async fn setup(script: Vec<Answer>) -> (TestGateway, Scripted, Client) {
+    let gw = TestGateway::start().await;
+    let upstream = Scripted::start(script).await;
+    let service = register(&gw, "svc", upstream.addr).await;
+    (gw, upstream, service)
 }
 
 /// One HTTP/1.1 connection to the gateway, checked strictly by hyper's client.
@@ -230,8 +261,7 @@ fn body(got: &Got) -> &[u8] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_framing_is_relayed_and_one_connection_carries_every_request() {
-    let gw = TestGateway::start().await;
-    let mut upstream = Scripted::start(vec![
+    let (gw, mut upstream, _service) = setup(vec![
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-N: 1\r\n\r\nhello"),
         answer(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
@@ -244,7 +274,6 @@ async fn every_framing_is_relayed_and_one_connection_carries_every_request() {
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast"),
     ])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut sender = connection(&gw).await;
 
     let got = call(
@@ -333,14 +362,12 @@ async fn every_framing_is_relayed_and_one_connection_carries_every_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closed_is_replaced_and_nothing_is_sent_twice() {
-    let gw = TestGateway::start().await;
-    let mut upstream = Scripted::start(vec![
+    let (gw, mut upstream, _service) = setup(vec![
         answer_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"),
         answer_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
         answer_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc"),
     ])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut sender = connection(&gw).await;
 
     // The upstream closes each connection after answering, without saying so: the pooled
@@ -375,14 +402,12 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_and_nothing_is_sent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
-    let gw = TestGateway::start().await;
-    let mut upstream = Scripted::start(vec![
+    let (gw, mut upstream, _service) = setup(vec![
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
     ])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     tcp.write_all(
         b"GET /api/v1/proxy/svc/1 HTTP/1.1\r\nHost: gw\r\n\r\n\
@@ -416,13 +441,11 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_moves_on_to_the_router_at_its_first_other_request() {
-    let gw = TestGateway::start().await;
-    let upstream = Scripted::start(vec![
+    let (gw, _upstream, _service) = setup(vec![
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
     ])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut sender = connection(&gw).await;
     let got = call(&mut sender, Method::GET, "/api/v1/proxy/svc/a", &[], "").await;
     assert_eq!(body(&got), b"first");
@@ -442,13 +465,11 @@ async fn a_connection_moves_on_to_the_router_at_its_first_other_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_up_to_the_relay_limit_and_beyond_arrive_intact() {
-    let gw = TestGateway::start().await;
-    let mut upstream = Scripted::start(vec![
+    let (gw, mut upstream, _service) = setup(vec![
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
     ])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut sender = connection(&gw).await;
     // 64 KiB is the most the relay takes in-task; one byte more streams through hyper.
     for size in [64 * 1024, 1024 * 1024 + 1] {
@@ -481,14 +502,12 @@ async fn bodies_up_to_the_relay_limit_and_beyond_arrive_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_upstream_answers_are_502_or_a_cut_off_body() {
-    let gw = TestGateway::start().await;
-    let _upstream = Scripted::start(vec![
+    let (gw, _upstream, _service) = setup(vec![
         answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
         answer_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"),
         answer(b"NOT HTTP AT ALL\r\n\r\n"),
     ])
     .await;
-    let _service = register(&gw, "svc", _upstream.addr).await;
 
     let mut sender = connection(&gw).await;
     let got = call(&mut sender, Method::GET, "/api/v1/proxy/svc/a", &[], "").await;
@@ -515,12 +534,10 @@ async fn broken_upstream_answers_are_502_or_a_cut_off_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_idle_relay_connections_and_completes() {
-    let gw = TestGateway::start().await;
-    let upstream = Scripted::start(vec![answer(
+    let (gw, _upstream, _service) = setup(vec![answer(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     )])
     .await;
-    let _service = register(&gw, "svc", upstream.addr).await;
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
     tcp.write_all(b"GET /api/v1/proxy/svc/x HTTP/1.1\r\nHost: gw\r\n\r\n")
         .await
@@ -546,4 +563,53 @@ async fn a_drain_closes_idle_relay_connections_and_completes() {
         .await
         .expect("the drain completes")
         .expect("drain task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_that_received_anything_is_not_reused() {
+    let (gw, mut upstream, _service) = setup(vec![
+        Answer {
+            bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+            close: true,
+            stray: Some(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"),
+        },
+        answer(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
+    ])
+    .await;
+    let mut sender = connection(&gw).await;
+    let got = call(&mut sender, Method::GET, "/api/v1/proxy/svc/a", &[], "").await;
+    assert_eq!(body(&got), b"first");
+    // The upstream sends a 408 nobody asked for on the idle connection, and closes it.
+    upstream.stray.notify_one();
+    upstream.closed_one().await;
+    // Any request on another connection is read by the same event loop turn as, or a later
+    // one than, the 408 and the close: after it, the gateway has seen them.
+    let turned = call(&mut connection(&gw).await, Method::GET, "/healthz", &[], "").await;
+    assert_eq!(turned.status, StatusCode::OK);
+    let got = call(&mut sender, Method::GET, "/api/v1/proxy/svc/b", &[], "").await;
+    assert_eq!(
+        (got.status, body(&got)),
+        (StatusCode::OK, &b"second"[..]),
+        "the stray 408 is nobody's answer"
+    );
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answered_by_ganglion_has_no_body_and_the_connection_goes_on() {
+    let (gw, _upstream, _service) = setup(vec![answer(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )])
+    .await;
+    let mut sender = connection(&gw).await;
+    let got = call(&mut sender, Method::HEAD, "/api/v1/proxy/nobody/x", &[], "").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(&got), b"");
+    assert_eq!(got.headers["content-length"], "25");
+    assert!(got.headers.contains_key("date"));
+    let got = call(&mut sender, Method::GET, "/api/v1/proxy/svc/x", &[], "").await;
+    assert_eq!((got.status, body(&got)), (StatusCode::OK, &b"ok"[..]));
+    // No application: the router's 404, as without the relay.
+    let got = call(&mut sender, Method::GET, "/api/v1/proxy/", &[], "").await;
+    assert_eq!(got.status, StatusCode::NOT_FOUND);
 }

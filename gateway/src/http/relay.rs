@@ -45,7 +45,7 @@ use super::proxy::{
 use crate::proxy::ProxyError;
 use crate::proxy::h1::{
     ChunkedEnd, Framing, connection_has, connection_tokens, content_length, first, json_response,
-    put_decimal, put_header, response_framing,
+    put_decimal, put_header, put_hex, response_framing,
 };
 use crate::proxy::headers::{forwarded_for, is_hop_by_hop, trace_from_lines};
 use ganglion_core::auth::SourceKey;
@@ -57,7 +57,7 @@ pub const MAX_BODY: u64 = 64 * 1024;
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Request headers the relay parses; a request with more goes to hyper.
 const REQUEST_HEADERS: usize = 64;
-/// Response heads: at most this many headers and bytes, as hyper's client allows.
+/// Response heads: at most this many headers (as hyper's client) and bytes.
 const RESPONSE_HEADERS: usize = 100;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Room for reading response bodies.
@@ -73,8 +73,8 @@ pub enum Served<IO> {
 
 /// What the relay does with the request at the start of the read buffer.
 enum Step {
-    /// Not complete yet: read more.
-    NeedMore,
+    /// Not complete yet: read until the buffer holds at least this many bytes.
+    NeedMore(usize),
     /// Not the relay's: hand the connection over.
     Handoff,
     /// Answered by ganglion itself (a refused password, a validation error).
@@ -161,26 +161,26 @@ where
         outcomes: Outcomes::default(),
     };
     loop {
+        // A head is parsed again only once more of it, or all of its body, is in.
+        let mut need = 0;
         let step = loop {
-            match take(&read, &caller, state) {
-                Step::NeedMore => {}
-                step => break step,
-            }
-            let got = if read.is_empty() {
-                // Between requests: a drain closes the idle connection.
-                tokio::select! {
-                    got = io.read_buf(&mut read) => got,
-                    () = stop.cancelled() => return Served::Done,
+            if read.len() >= need {
+                match take(&read, &caller, state, stop.is_cancelled()) {
+                    Step::NeedMore(at_least) => need = at_least,
+                    step => break step,
                 }
-            } else {
-                io.read_buf(&mut read).await
+            }
+            // A drain closes a connection that is between requests or still sending one.
+            let got = tokio::select! {
+                got = io.read_buf(&mut read) => got,
+                () = stop.cancelled() => return Served::Done,
             };
             if !matches!(got, Ok(n) if n > 0) {
                 return Served::Done;
             }
         };
         let keep_alive = match step {
-            Step::NeedMore => unreachable!("the loop above reads until the step is another"),
+            Step::NeedMore(_) => unreachable!("the loop above reads until the step is another"),
             Step::Handoff => return Served::Handoff { io, read },
             Step::Answer {
                 response,
@@ -188,7 +188,7 @@ where
                 close,
             } => {
                 read.advance(consumed);
-                if io.write_all(&response).await.is_err() {
+                if write(&mut io, &response).await.is_err() {
                     return Served::Done;
                 }
                 !close
@@ -214,13 +214,16 @@ struct Caller {
     forwarded_for: String,
 }
 
-/// Decides what to do with the request at the start of `read`.
-fn take(read: &[u8], caller: &Caller, state: &AppState) -> Step {
+/// Decides what to do with the request at the start of `read`. While `draining`, the answer
+/// closes the connection.
+fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step {
     let mut headers = [EMPTY_HEADER; REQUEST_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(read) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if read.len() < MAX_REQUEST_HEAD => return Step::NeedMore,
+        Ok(httparse::Status::Partial) if read.len() < MAX_REQUEST_HEAD => {
+            return Step::NeedMore(read.len() + 1);
+        }
         _ => return Step::Handoff,
     };
     let (Some(name), Some(path), Some(1)) = (request.method, request.path, request.version) else {
@@ -229,7 +232,13 @@ fn take(read: &[u8], caller: &Caller, state: &AppState) -> Step {
     let Some(method) = Method::from_name(name) else {
         return Step::Handoff;
     };
-    if !path.starts_with(PREFIX) {
+    // An empty application segment is the router's 404; a target hyper would refuse (bytes
+    // outside ASCII, say) is hyper's 400.
+    let application = path.strip_prefix(PREFIX).unwrap_or_default();
+    if application.is_empty()
+        || application.starts_with(['/', '?'])
+        || http::uri::PathAndQuery::try_from(path).is_err()
+    {
         return Step::Handoff;
     }
     let headers: &[Header<'_>] = request.headers;
@@ -247,11 +256,11 @@ fn take(read: &[u8], caller: &Caller, state: &AppState) -> Step {
     // At most MAX_BODY: fits in usize.
     let consumed = head_len + body_len.unwrap_or(0) as usize;
     if read.len() < consumed {
-        return Step::NeedMore;
+        return Step::NeedMore(consumed);
     }
-    let close = connection_has(headers, "close");
+    let close = draining || connection_has(headers, "close");
     let answer = |status: StatusCode, body: serde_json::Value| Step::Answer {
-        response: json_response(status, &body, close),
+        response: json_response(status, &body, close, method == Method::Head),
         consumed,
         close,
     };
@@ -413,21 +422,17 @@ where
         Err(error) => return refuse(io, forward, error, started, outcomes).await,
     };
     outcomes.record(&forward.span, head.status, started);
-    let relayed = tokio::select! {
-        biased;
-        relayed = relay_body(io, upstream, head, response) => relayed,
-        () = timer.as_mut() => {
-            tracing::debug!("proxied response body cut off by the total timeout");
-            return Relayed::Broken;
-        }
-    };
-    match relayed {
+    match relay_body(io, upstream, head, response, timer.as_mut()).await {
         Ok(Some(reusable)) => {
             proxy.upstreams.checkin(authority, reusable);
             Relayed::Done
         }
         Ok(None) => Relayed::Done,
-        Err(Cut) => Relayed::Broken,
+        Err(Cut::TimedOut) => {
+            tracing::debug!("proxied response body cut off by the total timeout");
+            Relayed::Broken
+        }
+        Err(Cut::Broken) => Relayed::Broken,
     }
 }
 
@@ -449,8 +454,9 @@ where
         status,
         &serde_json::json!({ "errors": [reason] }),
         forward.close,
+        forward.method == Method::Head,
     );
-    match io.write_all(&answer).await {
+    match write(io, &answer).await {
         Ok(()) => Relayed::Done,
         Err(_) => Relayed::Broken,
     }
@@ -506,14 +512,16 @@ async fn send(
     forward: &Forward,
     response: &mut BytesMut,
 ) -> Result<ResponseHead, Failed> {
-    let failed = |error: ProxyError, response: &BytesMut| Failed {
+    // Interim responses are dropped from `response` as they are read: remember any byte.
+    let mut answered = false;
+    let failed = |error: ProxyError, answered: bool| Failed {
         error,
-        before_response: response.is_empty(),
+        before_response: !answered,
     };
     if let Err(error) = stream.write_all(&forward.upstream).await {
         return Err(failed(
             ProxyError::Unreachable(format!("sending the request: {error}")),
-            response,
+            answered,
         ));
     }
     loop {
@@ -523,7 +531,7 @@ async fn send(
                 return Ok(head);
             }
             Ok(None) => {}
-            Err(error) => return Err(failed(error, response)),
+            Err(error) => return Err(failed(error, true)),
         }
         match stream.read_buf(response).await {
             Ok(0) => {
@@ -531,14 +539,14 @@ async fn send(
                     ProxyError::Unreachable(
                         "connection closed before the response was complete".to_owned(),
                     ),
-                    response,
+                    answered,
                 ));
             }
-            Ok(_) => {}
+            Ok(_) => answered = true,
             Err(error) => {
                 return Err(failed(
                     ProxyError::Unreachable(format!("reading the response: {error}")),
-                    response,
+                    answered,
                 ));
             }
         }
@@ -620,16 +628,23 @@ fn parse_response(
     }
 }
 
-/// A response body that could not be relayed to the end.
-struct Cut;
+/// Why a response body could not be relayed to the end.
+enum Cut {
+    /// The upstream failed or sent a malformed body, or the caller went away.
+    Broken,
+    /// The total timeout fired while the upstream's body was still arriving.
+    TimedOut,
+}
 
 /// Relays the response head and body to `io`; `response` holds the body's first bytes.
-/// Returns the upstream connection when it can carry another request.
+/// Returns the upstream connection when it can carry another request. `timer` bounds each
+/// wait for the upstream (as the hyper path's body does), not the writes to the caller.
 async fn relay_body<IO>(
     io: &mut IO,
     mut upstream: TcpStream,
     head: ResponseHead,
     response: &mut BytesMut,
+    mut timer: Pin<&mut Sleep>,
 ) -> Result<Option<TcpStream>, Cut>
 where
     IO: AsyncWrite + Unpin,
@@ -654,13 +669,15 @@ where
                 if left == 0 {
                     break;
                 }
-                read_more(&mut upstream, response).await?;
+                if read_more(&mut upstream, response, timer.as_mut()).await? == 0 {
+                    return Err(Cut::Broken);
+                }
             }
         }
         Framing::Chunked => {
             let mut end = ChunkedEnd::default();
             loop {
-                let found = end.feed(response).map_err(|_| Cut)?;
+                let found = end.feed(response).map_err(|_| Cut::Broken)?;
                 let take = found.unwrap_or(response.len());
                 out.extend_from_slice(&response[..take]);
                 surplus = response.len() > take;
@@ -669,24 +686,23 @@ where
                 if found.is_some() {
                     break;
                 }
-                read_more(&mut upstream, response).await?;
+                if read_more(&mut upstream, response, timer.as_mut()).await? == 0 {
+                    return Err(Cut::Broken);
+                }
             }
         }
         Framing::UntilClose => {
             loop {
                 if !response.is_empty() {
-                    out.extend_from_slice(format!("{:x}\r\n", response.len()).as_bytes());
+                    put_hex(&mut out, response.len() as u64);
+                    out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(response);
                     out.extend_from_slice(b"\r\n");
                     write(io, &out).await?;
                     out.clear();
                 }
-                response.clear();
-                response.reserve(READ_CHUNK);
-                match upstream.read_buf(response).await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(_) => return Err(Cut),
+                if read_more(&mut upstream, response, timer.as_mut()).await? == 0 {
+                    break;
                 }
             }
             write(io, b"0\r\n\r\n").await?;
@@ -696,17 +712,24 @@ where
     Ok((head.keep_alive && !surplus).then_some(upstream))
 }
 
-/// Replaces `response` with the next bytes from the upstream; the end of the stream here is
-/// a body cut short.
-async fn read_more(upstream: &mut TcpStream, response: &mut BytesMut) -> Result<(), Cut> {
+/// Replaces `response` with the next bytes from the upstream, unless the total timeout fires
+/// first; 0 at the end of the stream.
+async fn read_more(
+    upstream: &mut TcpStream,
+    response: &mut BytesMut,
+    timer: Pin<&mut Sleep>,
+) -> Result<usize, Cut> {
     response.clear();
     response.reserve(READ_CHUNK);
-    match upstream.read_buf(response).await {
-        Ok(0) | Err(_) => Err(Cut),
-        Ok(_) => Ok(()),
+    tokio::select! {
+        biased;
+        read = upstream.read_buf(response) => read.map_err(|_| Cut::Broken),
+        () = timer => Err(Cut::TimedOut),
     }
 }
 
+/// Writes `bytes` to the caller and flushes them (TLS keeps written bytes until a flush).
 async fn write<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> Result<(), Cut> {
-    io.write_all(bytes).await.map_err(|_| Cut)
+    io.write_all(bytes).await.map_err(|_| Cut::Broken)?;
+    io.flush().await.map_err(|_| Cut::Broken)
 }

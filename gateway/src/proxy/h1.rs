@@ -128,14 +128,30 @@ pub fn put_decimal(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// A complete response with a JSON body, as ganglion answers errors.
-pub fn json_response(status: http::StatusCode, body: &serde_json::Value, close: bool) -> Vec<u8> {
+/// Appends a number in lower-case hexadecimal (a chunk size).
+pub fn put_hex(out: &mut Vec<u8>, n: u64) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[((n >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
+/// A complete response with a JSON body, as ganglion answers errors: `close` says the
+/// connection closes after it, `head_only` (an answer to `HEAD`) leaves the body out.
+pub fn json_response(
+    status: http::StatusCode,
+    body: &serde_json::Value,
+    close: bool,
+    head_only: bool,
+) -> Vec<u8> {
     let body = serde_json::to_vec(body).unwrap_or_default();
-    let mut out = Vec::with_capacity(128 + body.len());
+    let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     put_decimal(&mut out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
@@ -143,7 +159,9 @@ pub fn json_response(status: http::StatusCode, body: &serde_json::Value, close: 
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
     out
 }
 
@@ -152,15 +170,19 @@ pub fn json_response(status: http::StatusCode, body: &serde_json::Value, close: 
 #[derive(Debug, Default)]
 pub struct ChunkedEnd {
     state: ChunkState,
-    /// Digits of the chunk size seen so far, then the data left in the chunk.
+    /// The chunk size read so far, then the data left in the chunk.
     size: u64,
+    /// Digits of the size, and those of them after leading zeros.
     digits: u8,
+    significant: u8,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     #[default]
     Size,
+    /// White space after the size, which only a `;` may follow.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -190,14 +212,23 @@ impl ChunkedEnd {
                 Size => match byte {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (byte as char).to_digit(16).unwrap_or(0);
-                        if self.digits >= 15 {
-                            return Err(BadChunk);
+                        if self.significant > 0 || digit > 0 {
+                            if self.significant >= 15 {
+                                return Err(BadChunk);
+                            }
+                            self.significant += 1;
                         }
                         self.size = self.size * 16 + u64::from(digit);
-                        self.digits += 1;
+                        self.digits = self.digits.saturating_add(1);
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Extension,
+                    b';' if self.digits > 0 => self.state = Extension,
+                    b' ' | b'\t' if self.digits > 0 => self.state = SizeSpace,
                     b'\r' if self.digits > 0 => self.state = SizeLf,
+                    _ => return Err(BadChunk),
+                },
+                SizeSpace => match byte {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = Extension,
                     _ => return Err(BadChunk),
                 },
                 Extension => match byte {
@@ -208,6 +239,7 @@ impl ChunkedEnd {
                 SizeLf => {
                     expect(byte, b'\n')?;
                     self.digits = 0;
+                    self.significant = 0;
                     self.state = if self.size == 0 { TrailerStart } else { Data };
                 }
                 Data => {
@@ -228,6 +260,7 @@ impl ChunkedEnd {
                     expect(byte, b'\n')?;
                     self.state = Size;
                 }
+                TrailerStart | TrailerLine if matches!(byte, b'\n' | 0) => return Err(BadChunk),
                 TrailerStart => {
                     self.state = if byte == b'\r' { EndLf } else { TrailerLine };
                 }
@@ -340,11 +373,14 @@ mod tests {
     }
 
     #[test]
-    fn decimals_are_written_without_allocating_a_string() {
-        for n in [0, 7, 10, 1234567890, u64::MAX] {
+    fn numbers_are_written_without_allocating_a_string() {
+        for n in [0, 7, 10, 15, 16, 255, 1234567890, u64::MAX] {
             let mut out = Vec::new();
             put_decimal(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
+            out.clear();
+            put_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").as_bytes());
         }
     }
 
@@ -371,6 +407,9 @@ mod tests {
         }
         assert_eq!(ChunkedEnd::default().feed(b"0\r\n\r\n"), Ok(Some(5)));
         assert_eq!(ChunkedEnd::default().feed(b"000\r\n\r\n"), Ok(Some(7)));
+        assert_eq!(ChunkedEnd::default().feed(b"0 ;x\r\n\r\n"), Ok(Some(8)));
+        let zeros = b"00000000000000000001\r\nx\r\n0\r\n\r\n";
+        assert_eq!(ChunkedEnd::default().feed(zeros), Ok(Some(zeros.len())));
     }
 
     #[test]
@@ -385,6 +424,10 @@ mod tests {
             b"0\r\n\rX",
             b"0\r\nx: 1\rX",
             b";ext\r\n",
+            b"5 junk\r\n",
+            b"0\r\nx\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx\0y\r\n\r\n",
         ] {
             assert_eq!(ChunkedEnd::default().feed(bad), Err(BadChunk), "{bad:?}");
         }
@@ -392,15 +435,31 @@ mod tests {
 
     #[test]
     fn a_json_response_is_framed_with_its_length() {
-        let out = json_response(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"errors": ["no matches"]}),
-            true,
+        let body = serde_json::json!({"errors": ["no matches"]});
+        let answer = |close, head_only| {
+            let out = json_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                &body,
+                close,
+                head_only,
+            );
+            let text = String::from_utf8(out).unwrap();
+            // `date: <IMF-fixdate>` is the second line: 29 characters of value.
+            let (status, rest) = text.split_once("\r\n").unwrap();
+            assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+            let (date, rest) = rest.split_once("\r\n").unwrap();
+            assert!(date.starts_with("date: ") && date.ends_with(" GMT") && date.len() == 35);
+            rest.to_owned()
+        };
+        assert_eq!(
+            answer(true, false),
+            "content-type: application/json\r\ncontent-length: 25\r\nconnection: close\r\n\r\n\
+             {\"errors\":[\"no matches\"]}"
         );
         assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             content-length: 25\r\nconnection: close\r\n\r\n{\"errors\":[\"no matches\"]}"
+            answer(false, true),
+            "content-type: application/json\r\ncontent-length: 25\r\n\r\n",
+            "an answer to HEAD has the length of the body it leaves out"
         );
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::Uri;
 use tokio::net::TcpStream;
 use tower::Service;
@@ -16,12 +17,20 @@ use super::{ProxyError, classify_connect};
 
 /// Idle connections kept per authority; more are closed when they come back.
 const MAX_IDLE_PER_AUTHORITY: usize = 1024;
+/// How often connections idle for longer than the idle timeout are closed, whatever their
+/// authority (an authority nobody asks for again would otherwise keep its connections).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Idle upstream connections by authority (`host:port` as the target URL writes it).
 pub struct Upstreams {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<Idles>,
     connector: GuardedConnector,
     idle_timeout: Duration,
+}
+
+struct Idles {
+    by_authority: HashMap<String, Vec<Idle>>,
+    swept: Instant,
 }
 
 struct Idle {
@@ -32,25 +41,31 @@ struct Idle {
 impl Upstreams {
     pub fn new(connector: GuardedConnector, idle_timeout: Duration) -> Upstreams {
         Upstreams {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idles {
+                by_authority: HashMap::new(),
+                swept: Instant::now(),
+            }),
             connector,
             idle_timeout,
         }
     }
 
-    /// The most recently used idle connection to `authority` that has not been idle too long.
-    /// With `probe`, connections the upstream has already closed are skipped (one
-    /// non-blocking read each): for requests that must not be sent twice.
+    /// The most recently used idle connection to `authority` that has not been idle too long
+    /// and is quiet: one on which anything arrived while it was idle (the upstream closed it,
+    /// or sent bytes nobody asked for, such as a `408`) is closed instead. That is known from
+    /// the readiness the runtime already tracks; with `probe` (for requests that must not be
+    /// sent twice) each connection is also checked with a non-blocking read.
     pub fn checkout(&self, authority: &str, probe: bool) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(authority)?;
+        let list = idle.by_authority.get_mut(authority)?;
         while let Some(Idle { stream, since }) = list.pop() {
             if since.elapsed() > self.idle_timeout {
                 // The rest of the list is older still.
                 list.clear();
                 return None;
             }
-            if !probe || still_open(&stream) {
+            let stirred = stream.readable().now_or_never().is_some();
+            if !(probe || stirred) || still_open(&stream) {
                 return Some(stream);
             }
         }
@@ -60,15 +75,21 @@ impl Upstreams {
     /// Puts a connection whose last response was read to the end back for reuse.
     pub fn checkin(&self, authority: &str, stream: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = Idle {
-            stream,
-            since: Instant::now(),
-        };
-        match idle.get_mut(authority) {
+        let now = Instant::now();
+        if now.duration_since(idle.swept) > SWEEP_INTERVAL {
+            let timeout = self.idle_timeout;
+            idle.by_authority.retain(|_, list| {
+                list.retain(|entry| now.duration_since(entry.since) <= timeout);
+                !list.is_empty()
+            });
+            idle.swept = now;
+        }
+        let entry = Idle { stream, since: now };
+        match idle.by_authority.get_mut(authority) {
             Some(list) if list.len() >= MAX_IDLE_PER_AUTHORITY => {}
             Some(list) => list.push(entry),
             None => {
-                idle.insert(authority.to_owned(), vec![entry]);
+                idle.by_authority.insert(authority.to_owned(), vec![entry]);
             }
         }
     }
@@ -84,7 +105,7 @@ impl Upstreams {
     }
 }
 
-/// Whether an idle connection is still open: nothing to read and no end of stream yet.
+/// Whether an idle connection is still open and quiet: nothing to read, no end of stream.
 fn still_open(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

@@ -154,12 +154,11 @@ where
         key: SourceKey::from_ip(peer.ip()),
         forwarded_for: forwarded_for(peer.ip()),
     };
-    let mut read = BytesMut::with_capacity(8 * 1024);
-    let mut scratch = Scratch {
-        response: BytesMut::with_capacity(READ_CHUNK),
-        timer: Box::pin(tokio::time::sleep(state.proxy.total_timeout())),
-        outcomes: Outcomes::default(),
-    };
+    // Room for a typical request head; it grows for larger ones.
+    let mut read = BytesMut::with_capacity(1024);
+    // Made at the first relayed request: most connections that are not the relay's (websocket
+    // handshakes, API calls) never need it.
+    let mut scratch: Option<Scratch> = None;
     loop {
         // A head is parsed again only once more of it, or all of its body, is in.
         let mut need = 0;
@@ -195,7 +194,12 @@ where
             }
             Step::Relay(forward) => {
                 read.advance(forward.consumed);
-                match relay(&mut io, state, &forward, &mut scratch).await {
+                let scratch = scratch.get_or_insert_with(|| Scratch {
+                    response: BytesMut::with_capacity(READ_CHUNK),
+                    timer: Box::pin(tokio::time::sleep(state.proxy.total_timeout())),
+                    outcomes: Outcomes::default(),
+                });
+                match relay(&mut io, state, &forward, scratch).await {
                     Relayed::Done => !forward.close,
                     Relayed::Broken => return Served::Done,
                 }

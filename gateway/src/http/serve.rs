@@ -108,6 +108,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
             let n = self.read.len().min(buf.remaining());
             buf.put_slice(&self.read[..n]);
             self.read.advance(n);
+            if self.read.is_empty() {
+                // Let the relay's read buffer go: a websocket keeps this wrapper for its life.
+                self.read = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -141,5 +145,29 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_bytes_read_first_come_first_and_their_buffer_is_let_go() {
+        let prefix = Bytes::from(b"GET / HTTP/1.1\r\n".to_vec());
+        let watch = prefix.clone();
+        let mut io = Rewind {
+            read: prefix,
+            io: &b"\r\nrest"[..],
+        };
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1\r\n\r\nrest");
+        assert!(
+            watch.is_unique(),
+            "the wrapper keeps no reference to the relay's buffer once it is read"
+        );
     }
 }

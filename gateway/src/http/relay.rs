@@ -19,10 +19,12 @@
 //! validation answers, hop-by-hop headers dropped both ways (and those named in
 //! `Connection`), `Host` set to the target's, `X-Forwarded-For` extended, trace context
 //! continued, `X-Ganglion-Auth`/`X-Ganglion-Query` (and `Authorization` when it carried the
-//! password) kept back, the same metrics and span. A pooled connection that turns out to be
-//! closed before any byte of the response is replaced by a new one and the request sent again
-//! — only for methods that are safe to repeat; for `POST` and `PATCH` idle connections are
-//! checked before use instead.
+//! password) kept back, the same metrics and span. An idle pooled connection on which
+//! anything arrived (a close, an unsolicited `408`) is not reused, which the runtime's
+//! readiness tells without a syscall; one that still turns out to be closed before any byte of
+//! the response is replaced by a new one and the request sent again — only for methods that
+//! are safe to repeat; for `POST` and `PATCH` idle connections are checked with a read before
+//! use instead.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -51,6 +51,7 @@ use crate::proxy::h1::{
 };
 use crate::proxy::headers::{forwarded_for, is_hop_by_hop, trace_from_lines};
 use ganglion_core::auth::SourceKey;
+use ganglion_core::frame::TraceContext;
 
 /// Request bodies the relay takes: at most this many bytes, read whole before the request is
 /// sent. Larger ones are streamed by hyper.
@@ -303,57 +304,20 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
             .map(|h| h.value),
     );
     let (span, trace) = proxy_span("transparent", name, &target, parent.as_ref());
-    let body = &read[head_len..consumed];
-    let mut upstream = Vec::with_capacity(head_len + body.len() + 128);
-    upstream.extend_from_slice(name.as_bytes());
-    upstream.push(b' ');
-    let path_and_query = target.path_and_query().map_or("/", |p| p.as_str());
-    upstream.extend_from_slice(path_and_query.as_bytes());
-    upstream.extend_from_slice(b" HTTP/1.1\r\n");
-    put_host(&mut upstream, &target);
+    let request = Request {
+        method: name,
+        headers,
+        body: &read[head_len..consumed],
+        body_len,
+    };
     let keep_authorization = !authenticated_by_authorization(state, x_ganglion_auth.is_some());
-    let named: Vec<&[u8]> = connection_tokens(headers).collect();
-    let mut forwarded = Vec::new();
-    for header in headers {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded.extend_from_slice(header.value);
-            forwarded.extend_from_slice(b", ");
-            continue;
-        }
-        let kept_back = is_hop_by_hop(name)
-            || [
-                "host",
-                "content-length",
-                "x-ganglion-auth",
-                "x-ganglion-query",
-            ]
-            .iter()
-            .chain(&["traceparent", "tracestate"])
-            .any(|n| name.eq_ignore_ascii_case(n))
-            || (!keep_authorization && name.eq_ignore_ascii_case("authorization"))
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
-        if !kept_back {
-            put_header(&mut upstream, name.as_bytes(), header.value);
-        }
-    }
-    if let Some(trace) = &trace {
-        put_header(&mut upstream, b"traceparent", trace.traceparent.as_bytes());
-        if let Some(state) = &trace.tracestate {
-            put_header(&mut upstream, b"tracestate", state.as_bytes());
-        }
-    }
-    forwarded.extend_from_slice(caller.forwarded_for.as_bytes());
-    put_header(&mut upstream, b"x-forwarded-for", &forwarded);
-    if let Some(length) = body_len {
-        upstream.extend_from_slice(b"content-length: ");
-        put_decimal(&mut upstream, length);
-        upstream.extend_from_slice(b"\r\n");
-    }
-    upstream.extend_from_slice(b"\r\n");
-    upstream.extend_from_slice(body);
+    let upstream = upstream_request(
+        &request,
+        &target,
+        trace.as_ref(),
+        keep_authorization,
+        &caller.forwarded_for,
+    );
     Step::Relay(Box::new(Forward {
         method,
         target,
@@ -362,6 +326,82 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
         close,
         span,
     }))
+}
+
+/// The parts of a caller's request that go upstream.
+struct Request<'a> {
+    method: &'a str,
+    headers: &'a [Header<'a>],
+    body: &'a [u8],
+    /// `Content-Length`, when the caller gave one.
+    body_len: Option<u64>,
+}
+
+/// Headers the caller sent that never go upstream as they are (besides the hop-by-hop ones):
+/// ganglion sets `Host`, `Content-Length` and the trace context itself, and its own headers
+/// are its business.
+const KEPT_BACK: [&str; 6] = [
+    "host",
+    "content-length",
+    "x-ganglion-auth",
+    "x-ganglion-query",
+    "traceparent",
+    "tracestate",
+];
+
+/// The request as it goes upstream (SPEC §9.7): request line, `Host`, the caller's headers
+/// without the hop-by-hop ones (and those named in `Connection`), ganglion's and — unless
+/// `keep_authorization` — `Authorization`; then the trace context, `X-Forwarded-For` with the
+/// caller appended, `Content-Length`, and the body.
+fn upstream_request(
+    request: &Request<'_>,
+    target: &Uri,
+    trace: Option<&TraceContext>,
+    keep_authorization: bool,
+    forwarded_for: &str,
+) -> Vec<u8> {
+    let mut upstream = Vec::with_capacity(512 + request.body.len());
+    upstream.extend_from_slice(request.method.as_bytes());
+    upstream.push(b' ');
+    let path_and_query = target.path_and_query().map_or("/", |p| p.as_str());
+    upstream.extend_from_slice(path_and_query.as_bytes());
+    upstream.extend_from_slice(b" HTTP/1.1\r\n");
+    put_host(&mut upstream, target);
+    let named: Vec<&[u8]> = connection_tokens(request.headers).collect();
+    let mut forwarded = Vec::new();
+    for header in request.headers {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded.extend_from_slice(header.value);
+            forwarded.extend_from_slice(b", ");
+            continue;
+        }
+        let kept_back = is_hop_by_hop(name)
+            || KEPT_BACK.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || (!keep_authorization && name.eq_ignore_ascii_case("authorization"))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+        if !kept_back {
+            put_header(&mut upstream, name.as_bytes(), header.value);
+        }
+    }
+    if let Some(trace) = trace {
+        put_header(&mut upstream, b"traceparent", trace.traceparent.as_bytes());
+        if let Some(state) = &trace.tracestate {
+            put_header(&mut upstream, b"tracestate", state.as_bytes());
+        }
+    }
+    forwarded.extend_from_slice(forwarded_for.as_bytes());
+    put_header(&mut upstream, b"x-forwarded-for", &forwarded);
+    if let Some(length) = request.body_len {
+        upstream.extend_from_slice(b"content-length: ");
+        put_decimal(&mut upstream, length);
+        upstream.extend_from_slice(b"\r\n");
+    }
+    upstream.extend_from_slice(b"\r\n");
+    upstream.extend_from_slice(request.body);
+    upstream
 }
 
 /// `Host` for the target: its host, and its port unless it is 80.

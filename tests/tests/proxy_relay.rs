@@ -613,3 +613,68 @@ async fn a_head_answered_by_ganglion_has_no_body_and_the_connection_goes_on() {
     let got = call(&mut sender, Method::GET, "/api/v1/proxy/", &[], "").await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_switching_queries_applications_and_routes_reaches_the_right_service() {
+    let gw = TestGateway::start().await;
+    let ok = |body: &'static [u8]| -> Vec<Answer> { (0..4).map(|_| answer(body)).collect() };
+    let mut eu = Scripted::start(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\neu")).await;
+    let mut us = Scripted::start(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nus")).await;
+    let mut other = Scripted::start(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nother")).await;
+    let mut services = Vec::new();
+    for (app, id, upstream, region) in [
+        ("svc", "eu", &eu, "eu"),
+        ("svc", "us", &us, "us"),
+        ("other", "o", &other, "eu"),
+    ] {
+        services.push(
+            gw.identify_with(
+                Enc::Json,
+                json!({"application_id": app, "client_id": id,
+                       "ip": format!("http://{}", upstream.addr),
+                       "metadata": {"region": {"type": "string", "value": region}}}),
+            )
+            .await,
+        );
+    }
+    let region =
+        |r: &str| format!(r#"{{"ops":[{{"path":"/region","op":"$eq","to":{{"value":"{r}"}}}}]}}"#);
+    let (eu_query, us_query) = (region("eu"), region("us"));
+    let mut sender = connection(&gw).await;
+    // The same request twice, then a different query, route or application each time: every
+    // answer must come from the service the request chose.
+    for (path, query, expected) in [
+        ("/api/v1/proxy/svc/a", &eu_query, &b"eu"[..]),
+        ("/api/v1/proxy/svc/a", &eu_query, b"eu"),
+        ("/api/v1/proxy/svc/a", &us_query, b"us"),
+        ("/api/v1/proxy/svc/b", &us_query, b"us"),
+        ("/api/v1/proxy/other/b", &us_query, b""),
+        ("/api/v1/proxy/other/b", &eu_query, b"other"),
+        ("/api/v1/proxy/svc/b", &eu_query, b"eu"),
+    ] {
+        let got = call(
+            &mut sender,
+            Method::GET,
+            path,
+            &[("x-ganglion-query", query)],
+            "",
+        )
+        .await;
+        if expected.is_empty() {
+            assert_eq!(
+                got.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{path} {query}"
+            );
+        } else {
+            assert_eq!(body(&got), expected, "{path} {query}");
+        }
+    }
+    let line = |text: String| text.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(line(eu.next_text().await), "GET /a HTTP/1.1");
+    assert_eq!(line(eu.next_text().await), "GET /a HTTP/1.1");
+    assert_eq!(line(us.next_text().await), "GET /a HTTP/1.1");
+    assert_eq!(line(us.next_text().await), "GET /b HTTP/1.1");
+    assert_eq!(line(other.next_text().await), "GET /b HTTP/1.1");
+    assert_eq!(line(eu.next_text().await), "GET /b HTTP/1.1");
+}

@@ -197,6 +197,10 @@ pub struct QueryConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub max_body_bytes: usize,
+    /// How long a request may take to arrive, from its first byte to the end of its head (and,
+    /// for requests the proxy relay takes, of its body); the connection is closed when it
+    /// runs out. Idle keep-alive connections are not affected.
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -456,6 +460,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: 8_388_608,
+            header_read_timeout_ms: 30_000,
         }
     }
 }

@@ -677,3 +677,65 @@ async fn a_draining_node_reports_draining_and_refuses_websocket_upgrades() {
         .expect("the drain completes")
         .expect("the drain task");
 }
+
+// === slow and idle connections ===
+
+/// Reads `tcp` to its end; returns what came and how long after `since` the end came.
+async fn read_until_closed(
+    tcp: &mut tokio::net::TcpStream,
+    since: tokio::time::Instant,
+) -> (Vec<u8>, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    timeout(patience(), tcp.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection in time")
+        .expect("read");
+    (got, since.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_does_not_arrive_in_time_and_an_idle_connection_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let gw = TestGateway::start_with(|c| c.http.header_read_timeout_ms = 400).await;
+    let slowest = std::time::Duration::from_millis(350);
+
+    // Half a head (of a proxy request and of anything else), then nothing.
+    for partial in [
+        &b"GET /api/v1/proxy/svc/x HTTP/1.1\r\nHo"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        b"POST /api/v1/proxy/svc/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf",
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        let since = tokio::time::Instant::now();
+        tcp.write_all(partial).await.expect("write");
+        let (got, after) = read_until_closed(&mut tcp, since).await;
+        assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        assert!(
+            after >= slowest,
+            "closed after {after:?}, before the timeout"
+        );
+    }
+
+    // A keep-alive connection left idle after its response, on the relay's side (no proxy
+    // request came yet) and on hyper's (after a request the relay handed over).
+    for request in [
+        &b"GET /api/v1/proxy/nobody/x HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
+        tcp.write_all(request).await.expect("write");
+        let since = tokio::time::Instant::now();
+        let (got, after) = read_until_closed(&mut tcp, since).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 "), "{got}");
+        assert!(
+            after >= slowest,
+            "closed after {after:?}, before the timeout"
+        );
+    }
+}

@@ -28,7 +28,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::uri::Scheme;
@@ -162,7 +162,13 @@ where
     // Made at the first relayed request: most connections that are not the relay's (websocket
     // handshakes, API calls) never need it.
     let mut scratch: Option<Scratch> = None;
+    // `http.header_read_timeout_ms`, from the start of each wait for a request, as hyper's.
+    // The timer is not moved for every request (that costs more than the rest of the wait's
+    // bookkeeping): when it fires, it is moved to the current wait's due time if that is later.
+    let read_timeout = Duration::from_millis(state.config.http.header_read_timeout_ms);
+    let mut arrival = Box::pin(tokio::time::sleep(read_timeout));
     loop {
+        let due = tokio::time::Instant::now() + read_timeout;
         // A head is parsed again only once more of it, or all of its body, is in.
         let mut need = 0;
         let step = loop {
@@ -176,6 +182,16 @@ where
             let got = tokio::select! {
                 got = io.read_buf(&mut read) => got,
                 () = stop.cancelled() => return Served::Done,
+                () = arrival.as_mut() => {
+                    if tokio::time::Instant::now() >= due {
+                        tracing::debug!(
+                            "no complete request within http.header_read_timeout_ms: closing"
+                        );
+                        return Served::Done;
+                    }
+                    arrival.as_mut().reset(due);
+                    continue;
+                }
             };
             if !matches!(got, Ok(n) if n > 0) {
                 return Served::Done;

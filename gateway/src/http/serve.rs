@@ -3,6 +3,10 @@
 //! (HTTP/1.1 with upgrades, or HTTP/2), which serves the axum application on it from there,
 //! the bytes the relay had read included.
 //!
+//! Both sides close a connection on which a request does not arrive within
+//! `http.header_read_timeout_ms` of the wait for it starting (a new connection, or the previous
+//! response sent): slow or stalled heads, and idle keep-alive connections.
+//!
 //! A drain (`stop`) stops accepting, lets every connection finish the request it is on
 //! (hyper's graceful shutdown; the relay closes idle connections and those that finish a
 //! response), and returns once every connection is closed.
@@ -11,6 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router as AxumRouter;
 use axum::body::Body;
@@ -18,7 +23,7 @@ use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,6 +45,7 @@ where
     L: Listener<Addr = SocketAddr>,
 {
     let connections = TaskTracker::new();
+    let read_timeout = Duration::from_millis(state.config.http.header_read_timeout_ms);
     loop {
         let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -56,7 +62,7 @@ where
                         read: read.freeze(),
                         io,
                     };
-                    serve_hyper(io, peer, app, stop).await;
+                    serve_hyper(io, peer, app, read_timeout, stop).await;
                 }
             }
         });
@@ -67,16 +73,26 @@ where
     Ok(())
 }
 
-/// Serves one connection with hyper, as `axum::serve` would.
-async fn serve_hyper<IO>(io: IO, peer: SocketAddr, app: AxumRouter, stop: CancellationToken)
-where
+/// Serves one connection with hyper, as `axum::serve` would, with `http.header_read_timeout_ms`
+/// for each request head.
+async fn serve_hyper<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: AxumRouter,
+    read_timeout: Duration,
+    stop: CancellationToken,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = app.map_request(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         request.map(Body::new)
     });
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
     let connection =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);

@@ -140,17 +140,17 @@ fn finish_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>, caller:
 /// head is relayed; the body streams on after it.
 pub(super) fn proxy_span(
     form: &'static str,
-    method: &str,
+    method: &Method,
     url: &Uri,
     parent: Option<&TraceContext>,
 ) -> (Span, Option<TraceContext>) {
-    let name = match method {
-        "GET" => "proxy GET",
-        "HEAD" => "proxy HEAD",
-        "POST" => "proxy POST",
-        "PUT" => "proxy PUT",
-        "DELETE" => "proxy DELETE",
-        "PATCH" => "proxy PATCH",
+    let name = match *method {
+        Method::GET => "proxy GET",
+        Method::HEAD => "proxy HEAD",
+        Method::POST => "proxy POST",
+        Method::PUT => "proxy PUT",
+        Method::DELETE => "proxy DELETE",
+        Method::PATCH => "proxy PATCH",
         _ => "proxy",
     };
     traced_span(parent, || {
@@ -161,7 +161,7 @@ pub(super) fn proxy_span(
             otel.name = name,
             otel.kind = "client",
             form,
-            method,
+            method = %method,
             host = url.host().unwrap_or_default(),
             status = Empty,
             error = Empty,
@@ -277,7 +277,7 @@ async fn json_form(
     };
 
     let parent = trace_from_headers(&incoming).or_else(|| trace_from_headers(&headers));
-    let (span, upstream) = proxy_span("json", method.as_str(), &url, parent.as_ref());
+    let (span, upstream) = proxy_span("json", &method, &url, parent.as_ref());
     finish_headers(&mut headers, upstream.as_ref(), peer);
     let body = match body {
         None => Body::empty(),
@@ -345,7 +345,7 @@ async fn transparent_form(
     headers.remove(&X_GANGLION_AUTH);
     headers.remove(&X_GANGLION_QUERY);
     let parent = trace_from_headers(&headers);
-    let (span, upstream) = proxy_span("transparent", parts.method.as_str(), &url, parent.as_ref());
+    let (span, upstream) = proxy_span("transparent", &parts.method, &url, parent.as_ref());
     finish_headers(&mut headers, upstream.as_ref(), peer);
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::uri::Scheme;
-use http::{StatusCode, Uri};
+use http::{Method, StatusCode, Uri};
 use httparse::{EMPTY_HEADER, Header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,52 +102,27 @@ struct Forward {
     span: Span,
 }
 
-/// The methods the relay takes (SPEC §9.5 rows 5 and 6 refuse the others).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Method {
-    Get,
-    Head,
-    Post,
-    Put,
-    Delete,
-    Patch,
-}
-
-impl Method {
-    fn from_name(name: &str) -> Option<Method> {
-        Some(match name {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" => Method::Post,
-            "PUT" => Method::Put,
-            "DELETE" => Method::Delete,
-            "PATCH" => Method::Patch,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
-            Method::Patch => "PATCH",
-        }
-    }
-
-    /// Whether sending the request twice is harmless (RFC 9110 §9.2.2).
-    fn idempotent(self) -> bool {
-        !matches!(self, Method::Post | Method::Patch)
-    }
+/// The methods the relay takes (SPEC §9.5 rows 5 and 6 refuse the others; hyper answers them).
+fn relayed_method(name: &str) -> Option<Method> {
+    Some(match name {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "DELETE" => Method::DELETE,
+        "PATCH" => Method::PATCH,
+        _ => return None,
+    })
 }
 
 /// Serves `io` for as long as its requests are the relay's; see the module docs.
+/// `read_timeout` is `http.header_read_timeout_ms`, counted from the start of each wait for a
+/// request, as hyper's.
 pub async fn serve<IO>(
     mut io: IO,
     peer: SocketAddr,
     state: &AppState,
+    read_timeout: Duration,
     stop: &CancellationToken,
 ) -> Served<IO>
 where
@@ -162,10 +137,9 @@ where
     // Made at the first relayed request: most connections that are not the relay's (websocket
     // handshakes, API calls) never need it.
     let mut scratch: Option<Scratch> = None;
-    // `http.header_read_timeout_ms`, from the start of each wait for a request, as hyper's.
-    // The timer is not moved for every request (that costs more than the rest of the wait's
-    // bookkeeping): when it fires, it is moved to the current wait's due time if that is later.
-    let read_timeout = Duration::from_millis(state.config.http.header_read_timeout_ms);
+    // The read timeout's timer is not moved for every request (that costs more than the rest
+    // of the wait's bookkeeping): when it fires, it is moved to the current wait's due time if
+    // that is later.
     let mut arrival = Box::pin(tokio::time::sleep(read_timeout));
     loop {
         let due = tokio::time::Instant::now() + read_timeout;
@@ -252,7 +226,7 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
     let (Some(name), Some(path), Some(1)) = (request.method, request.path, request.version) else {
         return Step::Handoff;
     };
-    let Some(method) = Method::from_name(name) else {
+    let Some(method) = relayed_method(name) else {
         return Step::Handoff;
     };
     // An empty application segment is the router's 404; a target hyper would refuse (bytes
@@ -283,7 +257,7 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
     }
     let close = draining || connection_has(headers, "close");
     let answer = |status: StatusCode, body: serde_json::Value| Step::Answer {
-        response: json_response(status, &body, close, method == Method::Head),
+        response: json_response(status, &body, close, method == Method::HEAD),
         consumed,
         close,
     };
@@ -319,7 +293,7 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
             .filter(|h| h.name.eq_ignore_ascii_case("tracestate"))
             .map(|h| h.value),
     );
-    let (span, trace) = proxy_span("transparent", name, &target, parent.as_ref());
+    let (span, trace) = proxy_span("transparent", &method, &target, parent.as_ref());
     let request = Request {
         method: name,
         headers,
@@ -516,7 +490,7 @@ where
         status,
         &serde_json::json!({ "errors": [reason] }),
         forward.close,
-        forward.method == Method::Head,
+        forward.method == Method::HEAD,
     );
     match write(io, &answer).await {
         Ok(()) => Relayed::Done,
@@ -550,7 +524,8 @@ async fn exchange(
     response: &mut BytesMut,
 ) -> Result<(TcpStream, ResponseHead), ProxyError> {
     let upstreams = &state.proxy.upstreams;
-    let idempotent = forward.method.idempotent();
+    // Of the six methods, GET, HEAD, PUT and DELETE (RFC 9110 §9.2.2).
+    let idempotent = forward.method.is_idempotent();
     let mut pooled = upstreams.checkout(authority, !idempotent);
     loop {
         let reused = pooled.is_some();
@@ -587,7 +562,7 @@ async fn send(
         ));
     }
     loop {
-        match parse_response(forward.method, forward.close, response) {
+        match parse_response(&forward.method, forward.close, response) {
             Ok(Some((length, head))) => {
                 response.advance(length);
                 return Ok(head);
@@ -623,7 +598,7 @@ fn malformed(why: impl std::fmt::Display) -> ProxyError {
 /// Interim (1xx) responses are dropped from `response` on the way. With `close`, the head
 /// going downstream says the connection closes after it.
 fn parse_response(
-    method: Method,
+    method: &Method,
     close: bool,
     response: &mut BytesMut,
 ) -> Result<Option<(usize, ResponseHead)>, ProxyError> {
@@ -648,7 +623,7 @@ fn parse_response(
             continue;
         }
         let headers: &[Header<'_>] = parsed.headers;
-        let framing = response_framing(method.name(), code, headers).map_err(malformed)?;
+        let framing = response_framing(method.as_str(), code, headers).map_err(malformed)?;
         let keep_alive = parsed.version == Some(1)
             && !connection_has(headers, "close")
             && framing != Framing::UntilClose;

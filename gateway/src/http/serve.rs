@@ -55,7 +55,7 @@ where
         let state = state.clone();
         let stop = stop.clone();
         connections.spawn(async move {
-            match relay::serve(io, peer, &state, &stop).await {
+            match relay::serve(io, peer, &state, read_timeout, &stop).await {
                 Served::Done => {}
                 Served::Handoff { io, read } => {
                     let io = Rewind {

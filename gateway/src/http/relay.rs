@@ -46,10 +46,10 @@ use super::proxy::{
 };
 use crate::proxy::ProxyError;
 use crate::proxy::h1::{
-    ChunkedEnd, Framing, connection_has, connection_tokens, content_length, first, json_response,
+    ChunkedEnd, Framing, HopByHop, connection_has, content_length, first, json_response,
     put_decimal, put_header, put_hex, response_framing,
 };
-use crate::proxy::headers::{forwarded_for, is_hop_by_hop, trace_from_lines};
+use crate::proxy::headers::{forwarded_for, trace_from_lines};
 use ganglion_core::auth::SourceKey;
 use ganglion_core::frame::TraceContext;
 
@@ -357,7 +357,7 @@ fn upstream_request(
     upstream.extend_from_slice(path_and_query.as_bytes());
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
     put_host(&mut upstream, target);
-    let named: Vec<&[u8]> = connection_tokens(request.headers).collect();
+    let hop_by_hop = HopByHop::of(request.headers);
     let mut forwarded = Vec::new();
     for header in request.headers {
         let name = header.name;
@@ -366,12 +366,9 @@ fn upstream_request(
             forwarded.extend_from_slice(b", ");
             continue;
         }
-        let kept_back = is_hop_by_hop(name)
+        let kept_back = hop_by_hop.contains(name)
             || KEPT_BACK.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || (!keep_authorization && name.eq_ignore_ascii_case("authorization"))
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+            || (!keep_authorization && name.eq_ignore_ascii_case("authorization"));
         if !kept_back {
             put_header(&mut upstream, name.as_bytes(), header.value);
         }
@@ -627,7 +624,7 @@ fn parse_response(
         let keep_alive = parsed.version == Some(1)
             && !connection_has(headers, "close")
             && framing != Framing::UntilClose;
-        let named: Vec<&[u8]> = connection_tokens(headers).collect();
+        let hop_by_hop = HopByHop::of(headers);
         let mut head = Vec::with_capacity(length + 32);
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
@@ -637,11 +634,8 @@ fn parse_response(
         let rechunked = matches!(framing, Framing::Chunked | Framing::UntilClose);
         for header in headers {
             let name = header.name;
-            let dropped = is_hop_by_hop(name)
-                || (rechunked && name.eq_ignore_ascii_case("content-length"))
-                || named
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_bytes()));
+            let dropped = hop_by_hop.contains(name)
+                || (rechunked && name.eq_ignore_ascii_case("content-length"));
             if !dropped {
                 put_header(&mut head, name.as_bytes(), header.value);
             }

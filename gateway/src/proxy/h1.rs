@@ -6,6 +6,8 @@
 
 use httparse::Header;
 
+use super::headers::is_hop_by_hop;
+
 /// How the body of a message is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -94,6 +96,28 @@ pub fn connection_tokens<'a>(headers: &'a [Header<'a>]) -> impl Iterator<Item = 
         .flat_map(|h| h.value.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
+}
+
+/// The headers of one message that describe its connection, never relayed: the hop-by-hop
+/// ones and those its `Connection` lines name (RFC 9110 §7.6.1).
+pub struct HopByHop<'a> {
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> HopByHop<'a> {
+    pub fn of(headers: &'a [Header<'a>]) -> HopByHop<'a> {
+        HopByHop {
+            named: connection_tokens(headers).collect(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        is_hop_by_hop(name)
+            || self
+                .named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
 }
 
 /// The value of the first `name` line.

@@ -9,6 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::error::Fatal;
 use crate::frame::Out;
@@ -96,7 +99,49 @@ pub struct Registry {
     apps: HashMap<String, AppIndex>,
     /// Clients that receive CLIENT_CONNECTED/CLIENT_DISCONNECTED (SPEC §7.7).
     subscribers: BTreeSet<Slot>,
+    /// Changes whenever a match set could change (a client registered or left, metadata
+    /// changed, a heartbeat): a [`MatchCache`] filled at this generation is still exact.
+    /// Unique across registries, so a cache can never mistake one registry for another.
+    generation: u64,
 }
+
+/// Registry generations, shared by every registry of the process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One connection's last match set. Senders address the same target again and again, and as
+/// long as nothing in the registry changed, the match set is the same: the cache hands it back
+/// instead of consulting the indexes and evaluating the query on every candidate again.
+///
+/// Only that connection's frames use it, one at a time, so the lock is never contended.
+#[derive(Default)]
+pub struct MatchCache {
+    last: Mutex<LastMatch>,
+}
+
+impl std::fmt::Debug for MatchCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatchCache").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct LastMatch {
+    /// The registry generation `slots` was computed at; 0 is never a generation.
+    generation: u64,
+    /// The query, by identity: the connection's [`QueryCache`](crate::query::cache::QueryCache)
+    /// hands out the same `Arc` for a repeated target. Holding it keeps its address from
+    /// being reused by another query.
+    query: Option<Arc<Query>>,
+    slots: Vec<Slot>,
+}
+
+/// Match sets larger than this are not kept: routing to them costs far more than finding
+/// them, and a connection that broadcast once to many should not hold the list for its life.
+const MAX_CACHED_MATCHES: usize = 1024;
 
 /// The clients of one application and their per-key indexes.
 #[derive(Default)]
@@ -166,7 +211,13 @@ impl Registry {
             identities: HashMap::new(),
             apps: HashMap::new(),
             subscribers: BTreeSet::new(),
+            generation: next_generation(),
         }
+    }
+
+    /// Changes whenever a match set could change.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn node(&self) -> &Arc<str> {
@@ -225,6 +276,7 @@ impl Registry {
             app.index(slot, key, &entry.value, entry.ty, true);
         }
         self.slots[slot as usize] = Some(record);
+        self.generation = next_generation();
         Ok(slot)
     }
 
@@ -234,6 +286,7 @@ impl Registry {
             return None;
         }
         let record = self.slots[slot as usize].take()?;
+        self.generation = next_generation();
         self.free.push(slot);
         self.identities
             .remove(&identity_key(&record.application_id, &record.client_id));
@@ -276,6 +329,7 @@ impl Registry {
         app.reindex(slot, &keys, &record.metadata, false);
         record.metadata.apply(update);
         app.reindex(slot, &keys, &record.metadata, true);
+        self.generation = next_generation();
         Ok(())
     }
 
@@ -293,6 +347,7 @@ impl Registry {
             .metadata
             .set_reserved(reserved::LAST_HEARTBEAT_TIME, Value::from(now_ms));
         app.reindex(slot, &keys, &record.metadata, true);
+        self.generation = next_generation();
     }
 
     /// Whether the client at `slot`, still owned by connection `conn`, matches `q` by SPEC §6.8
@@ -345,12 +400,57 @@ impl Registry {
         candidates: impl Fn(&'a AppIndex) -> Candidates<'a>,
         eligible: impl Fn(&ClientRecord) -> bool,
     ) -> Vec<Slot> {
+        let mut matched = Vec::new();
+        self.match_set_into(q, candidates, eligible, &mut matched);
+        matched
+    }
+
+    /// [`Registry::match_set`] through a connection's [`MatchCache`]: `then` sees the same
+    /// slots, in the same order, as a fresh match set would hold (the differential test checks
+    /// it), computed again only when the query or the registry changed since the last call.
+    pub fn match_set_cached<R>(
+        &self,
+        q: &Arc<Query>,
+        cache: &MatchCache,
+        then: impl FnOnce(&[Slot]) -> R,
+    ) -> R {
+        let mut last = cache.last.lock();
+        let fresh = last.generation == self.generation
+            && last
+                .query
+                .as_ref()
+                .is_some_and(|cached| Arc::ptr_eq(cached, q));
+        if !fresh {
+            let LastMatch {
+                generation,
+                query,
+                slots,
+            } = &mut *last;
+            slots.clear();
+            self.match_set_into(q, |app| self.candidates(app, q), |_| true, slots);
+            if slots.len() > MAX_CACHED_MATCHES {
+                let result = then(slots);
+                *last = LastMatch::default();
+                return result;
+            }
+            *generation = self.generation;
+            *query = Some(q.clone());
+        }
+        then(&last.slots)
+    }
+
+    fn match_set_into<'a>(
+        &'a self,
+        q: &Query,
+        candidates: impl Fn(&'a AppIndex) -> Candidates<'a>,
+        eligible: impl Fn(&ClientRecord) -> bool,
+        matched: &mut Vec<Slot>,
+    ) {
         let apps = self.apps_for(q);
         let admitted = |slot: &Slot| {
             self.get(*slot)
                 .is_some_and(|r| r.admitted_by(q) && eligible(r))
         };
-        let mut matched: Vec<Slot> = Vec::new();
         for app in apps.clone() {
             matched.extend(candidates(app).filter(|slot| {
                 admitted(slot) && self.get(*slot).is_some_and(|r| q.matches(&r.metadata))
@@ -365,32 +465,39 @@ impl Registry {
             let docs = matched
                 .iter()
                 .filter_map(|slot| self.get(*slot).map(|r| (*slot, &r.metadata)));
-            matched = select::apply(selector, docs);
+            *matched = select::apply(selector, docs);
         }
-        matched
     }
 
-    /// Step 7 of SPEC §6.8 over a match set.
-    pub fn recipients(&self, q: &Query, matched: Vec<Slot>, wanted: Recipients) -> Vec<Slot> {
+    /// Step 7 of SPEC §6.8 over a match set: all of it, or the one client chosen.
+    pub fn recipients<'m>(&self, q: &Query, matched: &'m [Slot], wanted: Recipients) -> &'m [Slot] {
         if wanted == Recipients::All && q.selector.is_none() || matched.len() <= 1 {
             return matched;
         }
-        self.pick_one(q, &matched).into_iter().collect()
+        match self.pick_index(q, matched) {
+            Some(i) => &matched[i..=i],
+            None => &[],
+        }
     }
 
     /// One client of a non-empty match set: the rendezvous winner for the key, else uniformly
     /// random.
     pub fn pick_one(&self, q: &Query, matched: &[Slot]) -> Option<Slot> {
+        self.pick_index(q, matched).map(|i| matched[i])
+    }
+
+    /// Where in `matched` [`Registry::pick_one`]'s choice is.
+    fn pick_index(&self, q: &Query, matched: &[Slot]) -> Option<usize> {
         match &q.key {
             Some(key) => rendezvous::winner(
                 key,
-                matched.iter().filter_map(|slot| {
+                matched.iter().enumerate().filter_map(|(i, slot)| {
                     self.get(*slot)
-                        .map(|r| (*slot, r.application_id.as_str(), r.client_id.as_str()))
+                        .map(|r| (i, r.application_id.as_str(), r.client_id.as_str()))
                 }),
             ),
             None if matched.is_empty() => None,
-            None => matched.get(fastrand::usize(..matched.len())).copied(),
+            None => Some(fastrand::usize(..matched.len())),
         }
     }
 
@@ -704,5 +811,80 @@ impl KeyIndex {
                 None => Vec::new(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Encoding;
+    use crate::metadata::{MetadataLimits, ReservedValues};
+    use crate::query::QueryLimits;
+    use crate::session::Discard;
+    use crate::value::Map;
+
+    fn record(id: u64) -> ClientRecord {
+        let reserved = ReservedValues {
+            last_heartbeat_time: 1,
+            restricted: false,
+            encoding: Encoding::Json,
+            ip: None,
+            namespace: Value::Null,
+            receive_client_updates: false,
+        };
+        let metadata = Metadata::initial(
+            &Value::Object(Map::new()),
+            reserved,
+            &MetadataLimits::default(),
+        )
+        .unwrap();
+        ClientRecord {
+            application_id: "x".to_owned(),
+            client_id: format!("c{id}"),
+            node: Arc::from("n"),
+            restricted: false,
+            receive_client_updates: false,
+            socket_ip: None,
+            proxy_address: None,
+            metadata,
+            outbox: Arc::new(Discard),
+            conn_id: id,
+        }
+    }
+
+    fn kept(cache: &MatchCache) -> Option<usize> {
+        let last = cache.last.lock();
+        last.query.as_ref().map(|_| last.slots.len())
+    }
+
+    #[test]
+    fn a_match_set_is_kept_up_to_the_limit_and_answered_right_beyond_it() {
+        let mut registry = Registry::new("n");
+        let query = Arc::new(
+            Query::parse(
+                &Value::Object(Map::from([("application".to_owned(), Value::from("x"))])),
+                QueryLimits::default(),
+            )
+            .unwrap(),
+        );
+        let cache = MatchCache::default();
+        for id in 0..MAX_CACHED_MATCHES as u64 {
+            registry.register(record(id), |_| {}).unwrap();
+        }
+        let len = registry.match_set_cached(&query, &cache, <[Slot]>::len);
+        assert_eq!(len, MAX_CACHED_MATCHES);
+        assert_eq!(kept(&cache), Some(MAX_CACHED_MATCHES));
+        let extra = MAX_CACHED_MATCHES as u64;
+        registry.register(record(extra), |_| {}).unwrap();
+        let len = registry.match_set_cached(&query, &cache, <[Slot]>::len);
+        assert_eq!(len, MAX_CACHED_MATCHES + 1);
+        assert_eq!(kept(&cache), None);
+        assert_eq!(cache.last.lock().slots.capacity(), 0);
+        let slot = registry.match_set(&query)[0];
+        let conn = registry.get(slot).unwrap().conn_id;
+        registry.unregister(slot, conn).unwrap();
+        let len = registry.match_set_cached(&query, &cache, <[Slot]>::len);
+        assert_eq!(len, MAX_CACHED_MATCHES);
+        assert_eq!(kept(&cache), Some(MAX_CACHED_MATCHES));
     }
 }

@@ -1,12 +1,13 @@
 //! The registry's indexes may only change the cost of a query, never its result: for random
-//! clients, metadata updates, removals and queries, the indexed match set equals a full scan.
+//! clients, metadata updates, heartbeats, removals and queries, the indexed match set equals a
+//! full scan — and so does a connection's cached match set after every change.
 
 use std::sync::Arc;
 
 use ganglion_core::frame::Encoding;
 use ganglion_core::metadata::{Metadata, MetadataLimits, ReservedValues};
 use ganglion_core::query::{Query, QueryLimits};
-use ganglion_core::registry::{ClientRecord, Registry, Slot};
+use ganglion_core::registry::{ClientRecord, MatchCache, Registry, Slot};
 use ganglion_core::session::Discard;
 use ganglion_core::{Map, Value};
 use proptest::prelude::*;
@@ -94,7 +95,8 @@ fn comparison() -> impl Strategy<Value = serde_json::Value> {
         Just("/v"),
         Just("/tags"),
         Just("/tags/0"),
-        Just("/restricted")
+        Just("/restricted"),
+        Just("/last_heartbeat_time")
     ];
     let op = prop_oneof![
         Just("$eq"),
@@ -167,6 +169,10 @@ enum Step {
     Remove {
         which: usize,
     },
+    Heartbeat {
+        which: usize,
+        now: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -175,7 +181,48 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(app, metadata, restricted)| Step::Add { app, metadata, restricted }),
         2 => (any::<usize>(), metadata()).prop_map(|(which, metadata)| Step::Update { which, metadata }),
         1 => any::<usize>().prop_map(|which| Step::Remove { which }),
+        1 => (any::<usize>(), 0u64..4).prop_map(|(which, now)| Step::Heartbeat { which, now }),
     ]
+}
+
+/// Applies one step; `live` holds the registered clients' slots and connection ids.
+fn apply(registry: &mut Registry, live: &mut Vec<(Slot, u64)>, id: usize, step: Step) {
+    match step {
+        Step::Add {
+            app,
+            metadata,
+            restricted,
+        } => {
+            let app = if app { "x" } else { "y" };
+            let slot = registry
+                .register(record(app, id, &metadata, restricted), |_| {})
+                .unwrap();
+            live.push((slot, id as u64));
+        }
+        Step::Update { which, metadata } if !live.is_empty() => {
+            let (slot, _) = live[which % live.len()];
+            let Value::Object(update) = to_value(metadata) else {
+                unreachable!()
+            };
+            let limits = MetadataLimits::default();
+            registry
+                .update_metadata(slot, |md| md.prepare(&update, &limits))
+                .unwrap();
+        }
+        Step::Remove { which } if !live.is_empty() => {
+            let (slot, conn) = live.remove(which % live.len());
+            assert!(registry.unregister(slot, conn).is_some());
+        }
+        Step::Heartbeat { which, now } if !live.is_empty() => {
+            let (slot, _) = live[which % live.len()];
+            registry.heartbeat(slot, now);
+        }
+        _ => {}
+    }
+}
+
+fn parse(q: &serde_json::Value) -> Query {
+    Query::parse(&to_value(q.clone()), QueryLimits::default()).unwrap()
 }
 
 fn sorted(mut slots: Vec<Slot>) -> Vec<Slot> {
@@ -194,32 +241,48 @@ proptest! {
         let mut registry = Registry::new("n");
         let mut live: Vec<(Slot, u64)> = Vec::new();
         for (id, step) in steps.into_iter().enumerate() {
-            match step {
-                Step::Add { app, metadata, restricted } => {
-                    let app = if app { "x" } else { "y" };
-                    let slot = registry.register(record(app, id, &metadata, restricted), |_| {}).unwrap();
-                    live.push((slot, id as u64));
-                }
-                Step::Update { which, metadata } if !live.is_empty() => {
-                    let (slot, _) = live[which % live.len()];
-                    let Value::Object(update) = to_value(metadata) else { unreachable!() };
-                    let limits = MetadataLimits::default();
-                    registry.update_metadata(slot, |md| md.prepare(&update, &limits)).unwrap();
-                }
-                Step::Remove { which } if !live.is_empty() => {
-                    let (slot, conn) = live.remove(which % live.len());
-                    prop_assert!(registry.unregister(slot, conn).is_some());
-                }
-                _ => {}
-            }
+            apply(&mut registry, &mut live, id, step);
         }
         for q in queries {
-            let query = Query::parse(&to_value(q.clone()), QueryLimits::default()).unwrap();
+            let query = parse(&q);
             prop_assert_eq!(
                 sorted(registry.match_set(&query)),
                 sorted(registry.match_set_scan(&query)),
                 "query {}", q
             );
+        }
+    }
+
+    /// A connection's cached match set is the fresh one after any change to the registry:
+    /// one cache per query (hit unless something changed) and one shared by all queries (the
+    /// query switching under it).
+    #[test]
+    fn cached_match_sets_follow_every_registry_change(
+        steps in prop::collection::vec(step(), 1..40),
+        queries in prop::collection::vec(query(), 1..6),
+    ) {
+        let mut registry = Registry::new("n");
+        let mut live: Vec<(Slot, u64)> = Vec::new();
+        let parsed: Vec<Arc<Query>> = queries.iter().map(|q| Arc::new(parse(q))).collect();
+        let own: Vec<MatchCache> = parsed.iter().map(|_| MatchCache::default()).collect();
+        let shared = MatchCache::default();
+        let check = |registry: &Registry| -> Result<(), TestCaseError> {
+            for ((query, cache), q) in parsed.iter().zip(&own).zip(&queries) {
+                let fresh = registry.match_set(query);
+                for cache in [cache, &shared] {
+                    let cached = registry.match_set_cached(query, cache, <[Slot]>::to_vec);
+                    prop_assert_eq!(&cached, &fresh, "query {}", q);
+                }
+                prop_assert_eq!(sorted(fresh), sorted(registry.match_set_scan(query)));
+            }
+            Ok(())
+        };
+        check(&registry)?;
+        for (id, step) in steps.into_iter().enumerate() {
+            apply(&mut registry, &mut live, id, step);
+            check(&registry)?;
+            // Asked again with nothing changed: the kept answer.
+            check(&registry)?;
         }
     }
 }

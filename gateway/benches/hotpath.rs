@@ -5,7 +5,7 @@
 //! Wall time: `cargo bench -p ganglion-gateway --bench hotpath`.
 //! Instructions (repeatable on a busy machine): build with `cargo bench --no-run`, then
 //! `HOTPATH_ITERS=100000 valgrind --tool=callgrind <bench binary> --callgrind` and divide the
-//! total by the iterations.
+//! total by the iterations (MessagePack frames; `HOTPATH_ENCODING=json` for JSON ones).
 
 use std::sync::Arc;
 
@@ -96,7 +96,11 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(100_000);
-        let s = setup(Encoding::Msgpack);
+        let encoding = match std::env::var("HOTPATH_ENCODING").as_deref() {
+            Ok("json") => Encoding::Json,
+            _ => Encoding::Msgpack,
+        };
+        let s = setup(encoding);
         for _ in 0..iters {
             route_one(&s);
         }

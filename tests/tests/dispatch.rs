@@ -1609,6 +1609,9 @@ async fn match_sets_follow_the_operator_table_across_many_clients_and_updates() 
                 json!([{"path": "/other", "op": "$in", "to": {"path": "/tags", "default": [true]}}]),
                 set(&["c5"]),
             ),
+            // Sent again after the updates below: the sender's repeated target must be
+            // matched again, not answered from before.
+            (cmp("/load", "$gt", json!(25)), set(&["c4"])),
         ];
         for (ops, expected) in &cases {
             let got = broadcast_set(&mut sender, &mut clients, &app, ops.clone()).await;
@@ -1627,6 +1630,7 @@ async fn match_sets_follow_the_operator_table_across_many_clients_and_updates() 
             .update_metadata(json!({"load": meta("string", "10")}))
             .await;
         for (ops, expected) in [
+            (cmp("/load", "$gt", json!(25)), set(&["c1", "c4"])),
             (cmp("/load", "$eq", json!(10)), set(&[])),
             (cmp("/load", "$eq", json!("10")), set(&["c2"])),
             (cmp("/load", "$gt", json!(25)), set(&["c1", "c4"])),
@@ -1634,6 +1638,7 @@ async fn match_sets_follow_the_operator_table_across_many_clients_and_updates() 
                 cmp("/load", "$ne", json!(30)),
                 set(&["c2", "c3", "c4", "c5"]),
             ),
+            (cmp("/v", "$gt", json!("1.9.0")), set(&["c3", "c4"])),
         ] {
             let got = broadcast_set(&mut sender, &mut clients, &app, ops.clone()).await;
             assert_eq!(got, expected, "{enc:?} after updates, ops {ops}");

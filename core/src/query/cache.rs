@@ -1,8 +1,9 @@
-//! The last query a connection routed, parsed once.
+//! The last query a connection routed, parsed once, and its match set.
 //!
 //! Senders almost always address the same target again and again. Comparing the received target
 //! with the last one costs far less than parsing it (and dropping the parsed query afterwards),
-//! so each connection keeps its last parsed target.
+//! so each connection keeps its last parsed target; and while the registry has not changed,
+//! the clients that target matched (see [`MatchCache`]).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::{Query, QueryError, QueryLimits};
 use crate::frame::RawValue;
+use crate::registry::MatchCache;
 use crate::value::Value;
 
 /// One connection's last parsed target. Only that connection's frames use it, one at a time,
@@ -20,6 +22,8 @@ pub struct QueryCache {
     last: Mutex<Option<(Value, Arc<Query>)>>,
     /// The last target that arrived in wire form, by its bytes.
     last_raw: Mutex<Option<(Bytes, Arc<Query>)>>,
+    /// The match set of the last query routed.
+    pub matches: MatchCache,
 }
 
 impl QueryCache {

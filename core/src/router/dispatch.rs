@@ -10,7 +10,7 @@ use crate::error::Invalid;
 use crate::frame::{Out, OutFrame, Outgoing, RawValue, TraceContext};
 use crate::query::cache::QueryCache;
 use crate::query::{Query, QueryError};
-use crate::registry::Recipients;
+use crate::registry::{Recipients, Slot};
 use crate::session::{Conn, Identity, Outbox};
 use crate::telemetry::{self, event_label};
 use crate::trace;
@@ -138,6 +138,7 @@ impl Router {
                 nonce,
                 Out::Raw(payload),
                 trace,
+                cache,
             );
         }
         let well_formed = envelope
@@ -169,6 +170,7 @@ impl Router {
             nonce,
             Out::Value(payload),
             trace,
+            cache,
         )
     }
 
@@ -184,6 +186,7 @@ impl Router {
         nonce: Value,
         payload: Out,
         trace: Option<TraceContext>,
+        cache: Option<&QueryCache>,
     ) -> Result<usize, Invalid> {
         let query = match parsed {
             Ok(query) => query,
@@ -199,20 +202,25 @@ impl Router {
         let started = SystemTime::now();
         let outboxes: Vec<Arc<dyn Outbox>> = {
             let registry = self.registry.read();
-            let matched = registry.match_set(&query);
-            let matches = matched.len();
-            telemetry::routing(t).record_matches(matches);
-            let outboxes: Vec<Arc<dyn Outbox>> = registry
-                .recipients(&query, matched, wanted)
-                .into_iter()
-                .filter_map(|slot| registry.get(slot).map(|r| r.outbox.clone()))
-                .collect();
-            // As i64: OpenTelemetry has no unsigned integers.
-            trace::record_current(|span| {
-                span.record("matches", matches as i64);
-                span.record("recipients", outboxes.len() as i64);
-            });
-            outboxes
+            let deliver_to = |matched: &[Slot]| {
+                let matches = matched.len();
+                telemetry::routing(t).record_matches(matches);
+                let outboxes: Vec<Arc<dyn Outbox>> = registry
+                    .recipients(&query, matched, wanted)
+                    .iter()
+                    .filter_map(|slot| registry.get(*slot).map(|r| r.outbox.clone()))
+                    .collect();
+                // As i64: OpenTelemetry has no unsigned integers.
+                trace::record_current(|span| {
+                    span.record("matches", matches as i64);
+                    span.record("recipients", outboxes.len() as i64);
+                });
+                outboxes
+            };
+            match cache {
+                Some(cache) => registry.match_set_cached(&query, &cache.matches, deliver_to),
+                None => deliver_to(&registry.match_set(&query)),
+            }
         };
         if outboxes.is_empty() {
             if query.droppable {

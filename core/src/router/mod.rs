@@ -226,9 +226,9 @@ impl Router {
         let registry = self.registry.read();
         let matched = registry.match_set(query);
         let mut records: Vec<&ClientRecord> = registry
-            .recipients(query, matched, Recipients::All)
-            .into_iter()
-            .filter_map(|slot| registry.get(slot))
+            .recipients(query, &matched, Recipients::All)
+            .iter()
+            .filter_map(|slot| registry.get(*slot))
             .collect();
         records.sort_by(|a, b| {
             (&a.application_id, &a.client_id).cmp(&(&b.application_id, &b.client_id))

@@ -5,8 +5,6 @@
 //! become floats). Encoding is hand-written straight into one pre-sized buffer with core's JSON
 //! writers, so there is one escaping routine in the project and no intermediate tree.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use ganglion_core::frame::TraceContext;
 use ganglion_core::value::write_json_str;
@@ -231,7 +229,7 @@ fn write_out(out: &Out, buf: &mut String) {
         Out::Null => buf.push_str("null"),
         Out::Bool(true) => buf.push_str("true"),
         Out::Bool(false) => buf.push_str("false"),
-        Out::Int(i) => write_int(i, buf),
+        Out::Int(i) => write_int(*i, buf),
         Out::Str(s) => write_json_str(s, buf),
         Out::Value(v) => v.write_json(buf),
         Out::Raw(raw) => match passes_through(raw) {
@@ -285,9 +283,8 @@ fn write_trace(trace: &TraceContext, buf: &mut String) {
     buf.push('}');
 }
 
-fn write_int(n: impl std::fmt::Display, buf: &mut String) {
-    // Writing into a `String` cannot fail.
-    let _ = write!(buf, "{n}");
+fn write_int(n: impl itoa::Integer, buf: &mut String) {
+    buf.push_str(itoa::Buffer::new().format(n));
 }
 
 // === size hint ===

@@ -147,12 +147,8 @@ impl Value {
             Value::Null => out.push_str("null"),
             Value::Bool(true) => out.push_str("true"),
             Value::Bool(false) => out.push_str("false"),
-            Value::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Value::UInt(u) => {
-                let _ = write!(out, "{u}");
-            }
+            Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Value::UInt(u) => out.push_str(itoa::Buffer::new().format(*u)),
             Value::Float(f) => write_json_float(*f, out),
             Value::String(s) => write_json_str(s, out),
             Value::Array(items) => {

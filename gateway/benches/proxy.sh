@@ -13,6 +13,13 @@
 # proxies get the same single core, shared with the backend. Each configuration is measured
 # RUNS times, interleaved, and the medians are printed as a markdown table.
 #
+# Every server runs in a session of its own, as a daemon or a service does (nginx calls
+# setsid() when it daemonizes; ganglion is started under setsid here). Where the kernel groups
+# tasks by session (sched_autogroup_enabled=1, the default on Debian), a server left in this
+# script's session would share one scheduling group with wrk: the group's weight is split over
+# both CPUs by load, so on CPU 0 the proxy would weigh about half as much as the backend it
+# shares the core with, and be preempted by it about three times as often.
+#
 # Usage: gateway/benches/proxy.sh
 # Settings (environment): RUNS=3 DURATION=10s CONNECTIONS=50 WARMUP=3s
 #                         BASE_PORT=18080 (uses BASE_PORT+1 … +3, on 127.0.0.1 only)
@@ -155,7 +162,7 @@ pin "$SERVER_CPU" "$NGINX" -c "$work/proxy.conf" -e "$work/proxy.error.log"
 # --- ganglion and the registered backend -----------------------------------------------------
 
 log "starting ganglion on 127.0.0.1:$GANGLION_PORT"
-(spawn_pinned "$SERVER_CPU" "$PROXY_BENCH_BIN" --listen "127.0.0.1:$GANGLION_PORT" \
+(spawn_pinned "$SERVER_CPU" setsid "$PROXY_BENCH_BIN" --listen "127.0.0.1:$GANGLION_PORT" \
     --data-dir "$work/data" \
     --set queue.store=memory --set tcp.listen= --set log.level=warn) \
     >"$work/ganglion.log" 2>&1 &

@@ -200,6 +200,19 @@ fn trace_is_written_only_when_present() {
 }
 
 #[test]
+fn a_frame_for_one_recipient_encodes_to_the_same_bytes_without_keeping_them() {
+    let one = Outgoing::for_one(hello());
+    for encoding in Encoding::ALL {
+        let codec = codec(encoding).expect("supported");
+        let first = codec.encode_once(&one);
+        let second = codec.encode_once(&one);
+        assert_eq!(first, codec.encode(&hello()), "{encoding}");
+        assert_eq!(second, first, "{encoding}");
+        assert_ne!(first.as_ptr(), second.as_ptr(), "{encoding}: not kept");
+    }
+}
+
+#[test]
 fn a_fanned_out_frame_is_encoded_once_per_encoding() {
     let outgoing = Outgoing::new(hello());
     for encoding in Encoding::ALL {

@@ -222,13 +222,27 @@ impl OutFrame {
 pub struct Outgoing {
     frame: OutFrame,
     encoded: [OnceLock<Bytes>; 3],
+    /// Made for one recipient ([`Outgoing::for_one`]): nothing to share, so the bytes are not
+    /// kept (filling a `OnceLock` was ~2 % of a routed 1→1 SEND).
+    single: bool,
 }
 
 impl Outgoing {
+    /// A frame for any number of recipients: each encoding is produced once and shared.
     pub fn new(frame: OutFrame) -> Outgoing {
         Outgoing {
             frame,
             encoded: Default::default(),
+            single: false,
+        }
+    }
+
+    /// A frame for exactly one recipient. Asking for its bytes twice encodes it twice (the
+    /// same bytes: encoding is deterministic).
+    pub fn for_one(frame: OutFrame) -> Outgoing {
+        Outgoing {
+            single: true,
+            ..Outgoing::new(frame)
         }
     }
 
@@ -238,6 +252,9 @@ impl Outgoing {
 
     /// The frame's bytes in `encoding`, produced by `encode` the first time they are asked for.
     pub fn encoded(&self, encoding: Encoding, encode: impl FnOnce(&OutFrame) -> Bytes) -> Bytes {
+        if self.single {
+            return encode(&self.frame);
+        }
         self.encoded[encoding.index()]
             .get_or_init(|| encode(&self.frame))
             .clone()

@@ -144,7 +144,7 @@ impl Conn {
 
     /// Queues a frame for this connection.
     pub fn send(&self, frame: OutFrame) -> bool {
-        self.outbox.push(&Arc::new(Outgoing::new(frame)))
+        self.outbox.push(&Arc::new(Outgoing::for_one(frame)))
     }
 }
 

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use smallvec::SmallVec;
+
 use crate::clock;
 use crate::envelope::{Envelope, FastDispatch};
 use crate::error::Invalid;
@@ -200,12 +202,13 @@ impl Router {
         // One reading of the wall clock is both the start of the routing time and the
         // delivery's `ts` (a clock stepped back meanwhile records 0, not a negative time).
         let started = SystemTime::now();
-        let outboxes: Vec<Arc<dyn Outbox>> = {
+        // Inline room for a few recipients: a SEND has one, and it should not allocate.
+        let outboxes: SmallVec<[Arc<dyn Outbox>; 4]> = {
             let registry = self.registry.read();
             let deliver_to = |matched: &[Slot]| {
                 let matches = matched.len();
                 telemetry::routing(t).record_matches(matches);
-                let outboxes: Vec<Arc<dyn Outbox>> = registry
+                let outboxes: SmallVec<[Arc<dyn Outbox>; 4]> = registry
                     .recipients(&query, matched, wanted)
                     .iter()
                     .filter_map(|slot| registry.get(*slot).map(|r| r.outbox.clone()))
@@ -232,15 +235,17 @@ impl Router {
                 target: target.into_value(),
             });
         }
-        let frame = Arc::new(Outgoing::new(
-            OutFrame::delivery_at(
-                t,
-                Out::Value(nonce),
-                payload,
-                clock::ms_since_epoch(started),
-            )
-            .with_trace(trace),
-        ));
+        let frame = OutFrame::delivery_at(
+            t,
+            Out::Value(nonce),
+            payload,
+            clock::ms_since_epoch(started),
+        )
+        .with_trace(trace);
+        let frame = Arc::new(match outboxes.len() {
+            1 => Outgoing::for_one(frame),
+            _ => Outgoing::new(frame),
+        });
         for outbox in &outboxes {
             outbox.push(&frame);
         }

@@ -215,11 +215,6 @@ impl Registry {
         }
     }
 
-    /// Changes whenever a match set could change.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     pub fn node(&self) -> &Arc<str> {
         &self.node
     }

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use ganglion_core::frame::TraceContext;
-use ganglion_core::value::write_json_str;
+use ganglion_core::value::{write_json_int, write_json_str};
 use ganglion_core::{Encoding, Envelope, Out, OutFrame, RawValue, Value};
 
 use crate::{Codec, DecodeError};
@@ -196,7 +196,7 @@ pub(crate) fn encode(frame: &OutFrame) -> Bytes {
     let mut buf = String::with_capacity(frame_len_hint(frame));
     // Key order is free (SPEC §2.5); op, d, t, ts matches the SPEC's examples.
     buf.push_str("{\"op\":");
-    write_int(frame.op, &mut buf);
+    write_json_int(frame.op, &mut buf);
     buf.push_str(",\"d\":");
     write_out(&frame.d, &mut buf);
     buf.push_str(",\"t\":");
@@ -205,7 +205,7 @@ pub(crate) fn encode(frame: &OutFrame) -> Bytes {
         None => buf.push_str("null"),
     }
     buf.push_str(",\"ts\":");
-    write_int(frame.ts, &mut buf);
+    write_json_int(frame.ts, &mut buf);
     if let Some(trace) = &frame.trace {
         buf.push_str(",\"trace\":");
         write_trace(trace, &mut buf);
@@ -229,7 +229,7 @@ fn write_out(out: &Out, buf: &mut String) {
         Out::Null => buf.push_str("null"),
         Out::Bool(true) => buf.push_str("true"),
         Out::Bool(false) => buf.push_str("false"),
-        Out::Int(i) => write_int(*i, buf),
+        Out::Int(i) => write_json_int(*i, buf),
         Out::Str(s) => write_json_str(s, buf),
         Out::Value(v) => v.write_json(buf),
         Out::Raw(raw) => match passes_through(raw) {
@@ -281,10 +281,6 @@ fn write_trace(trace: &TraceContext, buf: &mut String) {
         write_json_str(state, buf);
     }
     buf.push('}');
-}
-
-fn write_int(n: impl itoa::Integer, buf: &mut String) {
-    buf.push_str(itoa::Buffer::new().format(n));
 }
 
 // === size hint ===

@@ -147,8 +147,8 @@ impl Value {
             Value::Null => out.push_str("null"),
             Value::Bool(true) => out.push_str("true"),
             Value::Bool(false) => out.push_str("false"),
-            Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
-            Value::UInt(u) => out.push_str(itoa::Buffer::new().format(*u)),
+            Value::Int(i) => write_json_int(*i, out),
+            Value::UInt(u) => write_json_int(*u, out),
             Value::Float(f) => write_json_float(*f, out),
             Value::String(s) => write_json_str(s, out),
             Value::Array(items) => {
@@ -252,6 +252,11 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 pub fn write_json_float(f: f64, out: &mut String) {
     // `{:?}` is the shortest round-trip form and always has a `.` or an exponent.
     let _ = write!(out, "{f:?}");
+}
+
+/// Writes an integer as JSON text (itoa: no `core::fmt` machinery on the hot path).
+pub fn write_json_int(n: impl itoa::Integer, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Writes a JSON string literal with the minimal escapes (`"`, `\`, control characters).

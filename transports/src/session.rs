@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
@@ -194,11 +194,13 @@ async fn read_loop<R, S>(
             item = inbound.next() => item,
         };
         // Then the frames that are already read, up to a batch, without asking the other
-        // branches again for each one: a sender's burst is routed in one go.
+        // branches again for each one: a sender's burst is routed in one go. One reading of
+        // the wall clock serves the batch (`Inbound::received`).
+        let received = SystemTime::now();
         let mut item = Some(item);
         let mut handled = 0;
         while let Some(next) = item.take() {
-            if let Err(end) = frames.handle(next, deadline.as_mut()).await {
+            if let Err(end) = frames.handle(next, received, deadline.as_mut()).await {
                 break 'session end;
             }
             handled += 1;
@@ -272,7 +274,12 @@ where
     /// Decodes one inbound item and runs it through the session service; `Err` ends the
     /// session. `deadline` is the identify or heartbeat deadline, moved on by what the frame
     /// does.
-    async fn handle(&mut self, item: Option<WireIn>, deadline: Pin<&mut Sleep>) -> Result<(), End> {
+    async fn handle(
+        &mut self,
+        item: Option<WireIn>,
+        received: SystemTime,
+        deadline: Pin<&mut Sleep>,
+    ) -> Result<(), End> {
         let config = &self.config;
         let envelope = match item.unwrap_or(WireIn::Gone) {
             WireIn::Frame { bytes, kind } => {
@@ -297,10 +304,21 @@ where
             }
             self.pipelined = 0;
         }
-        let inbound = Inbound::new(self.conn.clone(), envelope);
-        let outcome = match self.service.ready().await {
-            Ok(svc) => svc.call(inbound).await,
-            Err(never) => match never {},
+        // The router answers at once: calling it without a suspension point in between keeps
+        // the frame and its future out of this future's state (a copy each, per frame).
+        let svc = match self.service.ready().now_or_never() {
+            Some(Ok(svc)) => svc,
+            None => match self.service.ready().await {
+                Ok(svc) => svc,
+                Err(never) => match never {},
+            },
+            Some(Err(never)) => match never {},
+        };
+        let mut call =
+            std::pin::pin!(svc.call(Inbound::new(self.conn.clone(), envelope, received)));
+        let outcome = match call.as_mut().now_or_never() {
+            Some(outcome) => outcome,
+            None => call.await,
         };
         match outcome {
             Ok(Outcome::Continue) => {}

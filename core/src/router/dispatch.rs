@@ -30,6 +30,7 @@ impl Router {
         identity: &Identity,
         envelope: Envelope,
         trace: Option<TraceContext>,
+        received: SystemTime,
     ) -> Outcome {
         // A label from a closed set: no copy of the client's string on the hot path.
         let t = event_label(envelope.event_name().unwrap_or_default());
@@ -51,6 +52,7 @@ impl Router {
                 envelope,
                 trace,
                 Some(&conn.queries),
+                received,
             ),
             "BROADCAST" => self.route(
                 "BROADCAST",
@@ -58,6 +60,7 @@ impl Router {
                 envelope,
                 trace,
                 Some(&conn.queries),
+                received,
             ),
             "QUERY_NODES" => self.query_nodes(conn, envelope, trace).map(|()| 1),
             "QUEUE" => {
@@ -116,6 +119,7 @@ impl Router {
         envelope: Envelope,
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
+        received: SystemTime,
     ) -> Result<usize, Invalid> {
         if let Some(fast) = envelope.fast {
             // `d` kept in wire form by the codec: nothing of it is decoded unless needed.
@@ -141,6 +145,7 @@ impl Router {
                 Out::Raw(payload),
                 trace,
                 cache,
+                received,
             );
         }
         let well_formed = envelope
@@ -173,6 +178,7 @@ impl Router {
             Out::Value(payload),
             trace,
             cache,
+            received,
         )
     }
 
@@ -189,6 +195,7 @@ impl Router {
         payload: Out,
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
+        received: SystemTime,
     ) -> Result<usize, Invalid> {
         let query = match parsed {
             Ok(query) => query,
@@ -199,9 +206,6 @@ impl Router {
                 });
             }
         };
-        // One reading of the wall clock is both the start of the routing time and the
-        // delivery's `ts` (a clock stepped back meanwhile records 0, not a negative time).
-        let started = SystemTime::now();
         // Inline room for a few recipients: a SEND has one, and it should not allocate.
         let outboxes: SmallVec<[Arc<dyn Outbox>; 4]> = {
             let registry = self.registry.read();
@@ -239,7 +243,7 @@ impl Router {
             t,
             Out::Value(nonce),
             payload,
-            clock::ms_since_epoch(started),
+            clock::ms_since_epoch(received),
         )
         .with_trace(trace);
         let frame = Arc::new(match outboxes.len() {
@@ -249,7 +253,9 @@ impl Router {
         for outbox in &outboxes {
             outbox.push(&frame);
         }
-        telemetry::routing(t).record_elapsed(started.elapsed().unwrap_or_default());
+        // From the frame's arrival, so the time it waited behind the frames read with it
+        // counts too (a clock stepped back meanwhile records 0, not a negative time).
+        telemetry::routing(t).record_elapsed(received.elapsed().unwrap_or_default());
         Ok(outboxes.len())
     }
 

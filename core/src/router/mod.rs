@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
@@ -77,15 +78,20 @@ pub struct Inbound {
     /// envelope's `trace`, with ganglion's span as parent. Transports leave it `None`; the
     /// gateway's tracing layer sets it.
     pub trace: Option<TraceContext>,
+    /// When the transport read the frame: the `ts` of the deliveries it causes, and the start
+    /// of its routing time. Transports read the clock once for every batch of frames they read
+    /// together, not once per frame.
+    pub received: SystemTime,
 }
 
 impl Inbound {
     /// A frame as a transport hands it over, before the tracing layer.
-    pub fn new(conn: Arc<Conn>, envelope: Envelope) -> Inbound {
+    pub fn new(conn: Arc<Conn>, envelope: Envelope, received: SystemTime) -> Inbound {
         Inbound {
             conn,
             envelope,
             trace: None,
+            received,
         }
     }
 }
@@ -162,6 +168,17 @@ impl Router {
     /// Applies one frame (SPEC §3.3's gate, then the op's handling). Every op 4 frame it
     /// causes carries `trace` (SPEC §11; see [`Inbound::trace`]).
     pub fn handle(&self, conn: &Conn, envelope: Envelope, trace: Option<TraceContext>) -> Outcome {
+        self.handle_received(conn, envelope, trace, SystemTime::now())
+    }
+
+    /// [`Router::handle`] for a frame read at `received` ([`Inbound::received`]).
+    pub fn handle_received(
+        &self,
+        conn: &Conn,
+        envelope: Envelope,
+        trace: Option<TraceContext>,
+        received: SystemTime,
+    ) -> Outcome {
         match conn.state() {
             ConnState::Closing => Outcome::Continue,
             ConnState::AwaitingIdentify => match envelope.op {
@@ -184,7 +201,7 @@ impl Router {
                 _ => Outcome::Close(Fatal::NotIdentified),
             },
             ConnState::Identified(identity) => match envelope.op {
-                Some(op::DISPATCH) => self.dispatch(conn, &identity, envelope, trace),
+                Some(op::DISPATCH) => self.dispatch(conn, &identity, envelope, trace, received),
                 Some(op::HEARTBEAT) => {
                     self.heartbeat(conn, &identity);
                     Outcome::Heartbeat
@@ -277,7 +294,7 @@ impl Router {
             }
         };
         let nonce = envelope.dispatch_nonce();
-        let answer = match self.route(t, wanted, envelope, trace.clone(), None) {
+        let answer = match self.route(t, wanted, envelope, trace.clone(), None, SystemTime::now()) {
             Ok(recipients) => OutFrame::dispatch(
                 "DISPATCH_RESULT",
                 Out::Map(vec![
@@ -332,10 +349,11 @@ impl tower_service::Service<Inbound> for RouterService {
     }
 
     fn call(&mut self, inbound: Inbound) -> Self::Future {
-        ready(Ok(self.router.handle(
+        ready(Ok(self.router.handle_received(
             &inbound.conn,
             inbound.envelope,
             inbound.trace,
+            inbound.received,
         )))
     }
 }

@@ -64,23 +64,25 @@ impl Members {
         }
     }
 
-    /// The members in wire form, when `d` has both a target and a payload.
+    /// The members in wire form, when `d` has both a target and a payload (boxed, as
+    /// [`Envelope::fast`](ganglion_core::Envelope::fast) keeps them, and built in place).
     pub(crate) fn fast(
         &self,
         frame: &Bytes,
         encoding: Encoding,
         decode: fn(&[u8]) -> Option<Value>,
-    ) -> Option<FastDispatch> {
+    ) -> Option<Box<FastDispatch>> {
         let raw = |(range, normal): &(Range<usize>, bool)| RawValue {
             encoding,
             bytes: frame.slice(range.clone()),
             normal: *normal,
             decode,
         };
-        Some(FastDispatch {
-            target: raw(self.target.as_ref()?),
-            payload: raw(self.payload.as_ref()?),
+        let (target, payload) = (self.target.as_ref()?, self.payload.as_ref()?);
+        Some(Box::new(FastDispatch {
+            target: raw(target),
+            payload: raw(payload),
             nonce: self.nonce.as_ref().map(raw),
-        })
+        }))
     }
 }

@@ -116,7 +116,7 @@ fn envelope(frame: &Bytes) -> Scan<Envelope> {
         decoded(ts)?,
         decoded(trace)?,
     );
-    envelope.fast = Some(Box::new(fast));
+    envelope.fast = Some(fast);
     Ok(envelope)
 }
 

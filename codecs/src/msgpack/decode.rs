@@ -106,7 +106,7 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
         d = Reader { bytes, pos: start }.value(depth)?;
     }
     let mut envelope = Envelope::from_parts(&op, d, t, ts, trace);
-    envelope.fast = fast.map(Box::new);
+    envelope.fast = fast;
     Ok(envelope)
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{Sink, StreamExt, future};
+use futures_util::{Sink, StreamExt};
 use ganglion_core::{Conn, Encoding, Inbound, Outcome, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, timeout_at};
@@ -84,7 +84,7 @@ where
         },
         READ_BUFFER_BYTES,
     )
-    .filter_map(|item| future::ready(Some(wire_in(item))));
+    .map(wire_in);
     // No buffer up front (`new` would reserve 8 KiB per connection): it grows to what the
     // connection actually writes, which for an idle client is a few hundred bytes.
     let mut framed = FramedWrite::with_capacity(writer, FrameEncoder, 0);

@@ -27,7 +27,7 @@ pub trait Outbox: Send + Sync + 'static {
     /// ([`crate::RawValue`]): an outbox that queues frames should keep their encoded bytes
     /// (as the transports' mailbox does), not the `Outgoing`, or it keeps that whole read
     /// buffer alive with them.
-    fn push(&self, frame: &Arc<Outgoing>) -> bool;
+    fn push(&self, frame: &Outgoing) -> bool;
 }
 
 /// An outbox that accepts every frame and keeps none, in JSON: for benchmarks and tests that
@@ -40,7 +40,7 @@ impl Outbox for Discard {
         Encoding::Json
     }
 
-    fn push(&self, _frame: &Arc<Outgoing>) -> bool {
+    fn push(&self, _frame: &Outgoing) -> bool {
         true
     }
 }
@@ -144,7 +144,7 @@ impl Conn {
 
     /// Queues a frame for this connection.
     pub fn send(&self, frame: OutFrame) -> bool {
-        self.outbox.push(&Arc::new(Outgoing::for_one(frame)))
+        self.outbox.push(&Outgoing::for_one(frame))
     }
 }
 

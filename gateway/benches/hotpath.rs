@@ -30,7 +30,7 @@ impl Outbox for Encoder {
         self.0.encoding()
     }
 
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
+    fn push(&self, frame: &Outgoing) -> bool {
         std::hint::black_box(self.0.encode_once(frame));
         true
     }

@@ -6,7 +6,6 @@
 //! non-empty mailbox past the bound marks the connection a slow consumer instead.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use ganglion_codecs::Codec;
@@ -177,7 +176,7 @@ impl Outbox for Mailbox {
         self.codec.encoding()
     }
 
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
+    fn push(&self, frame: &Outgoing) -> bool {
         let bytes = self.encode(frame);
         let mut state = self.state.lock();
         if !matches!(state.status, Status::Open) {
@@ -207,17 +206,18 @@ impl Outbox for Mailbox {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
     use ganglion_core::frame::Out;
 
-    fn frame(payload_len: usize) -> Arc<Outgoing> {
-        Arc::new(Outgoing::new(OutFrame::delivery(
+    fn frame(payload_len: usize) -> Outgoing {
+        Outgoing::new(OutFrame::delivery(
             "SEND",
             Out::Null,
             Out::str("x".repeat(payload_len)),
-        )))
+        ))
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use async_nats::{
 };
 use futures_util::{Sink, Stream, StreamExt, sink, stream};
 use ganglion_codecs::{Codec, Json};
-use ganglion_core::frame::op;
+use ganglion_core::frame::{OutFrame, op};
 use ganglion_core::{
     Conn, Encoding, Envelope, Fatal, Inbound, Invalid, Map, Out, Outbox, Outcome, Outgoing,
     Transport, Value,
@@ -613,7 +613,7 @@ async fn serve_injections<S>(
                 ctx.router.inject(envelope, trace, answer.clone())
             }
             None => {
-                answer.push(&Arc::new(Outgoing::new(Invalid::Injection.to_frame())));
+                answer.push(&Outgoing::new(Invalid::Injection.to_frame()));
                 None
             }
         };
@@ -683,19 +683,19 @@ fn trace_from_headers(headers: Option<&HeaderMap>) -> Value {
 
 /// The one answer to an injection: kept, then published to the reply subject or logged.
 #[derive(Default)]
-struct Answer(Mutex<Option<Arc<Outgoing>>>);
+struct Answer(Mutex<Option<OutFrame>>);
 
 impl Outbox for Answer {
     fn encoding(&self) -> Encoding {
         Encoding::Json
     }
 
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
+    fn push(&self, frame: &Outgoing) -> bool {
         let mut slot = self.0.lock();
         if slot.is_some() {
             return false;
         }
-        *slot = Some(frame.clone());
+        *slot = Some(frame.frame().clone());
         true
     }
 }
@@ -706,14 +706,14 @@ impl Answer {
             tracing::warn!("an injected dispatch got no answer");
             return;
         };
-        let bytes = Json.encode_once(&frame);
+        let bytes = Json.encode(&frame);
         match reply {
             Some(reply) => {
                 if let Err(error) = client.publish(reply, bytes).await {
                     tracing::debug!(%error, "cannot answer an injected dispatch");
                 }
             }
-            None if frame.frame().op == op::INVALID => tracing::info!(
+            None if frame.op == op::INVALID => tracing::info!(
                 answer = %String::from_utf8_lossy(&bytes),
                 "injected dispatch refused"
             ),

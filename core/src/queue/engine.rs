@@ -138,7 +138,7 @@ impl QueueEngine {
                     .to_frame()
                 }
             };
-            producer.push(&Arc::new(Outgoing::new(confirm)));
+            producer.push(&Outgoing::new(confirm));
             let _ = done.send(());
         });
         drop(state);
@@ -150,7 +150,7 @@ impl QueueEngine {
     pub fn reply_in_order(&self, outbox: Arc<dyn Outbox>, frame: OutFrame) -> Completion {
         let (done, completion) = oneshot::channel();
         self.journal.submit_then(Vec::new(), move |_| {
-            outbox.push(&Arc::new(Outgoing::new(frame)));
+            outbox.push(&Outgoing::new(frame));
             let _ = done.send(());
         });
         completion
@@ -288,7 +288,7 @@ fn deliver(registry: &Registry, deliveries: Vec<Delivery>) {
             .map(|r| r.outbox.clone());
         // A consumer that went away meanwhile gets the message back through its cleanup.
         if let Some(outbox) = outbox {
-            outbox.push(&Arc::new(Outgoing::new(delivery.frame)));
+            outbox.push(&Outgoing::new(delivery.frame));
         }
     }
 }

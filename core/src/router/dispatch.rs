@@ -246,10 +246,10 @@ impl Router {
             clock::ms_since_epoch(received),
         )
         .with_trace(trace);
-        let frame = Arc::new(match outboxes.len() {
+        let frame = match outboxes.len() {
             1 => Outgoing::for_one(frame),
             _ => Outgoing::new(frame),
-        });
+        };
         for outbox in &outboxes {
             outbox.push(&frame);
         }

@@ -163,7 +163,7 @@ pub(super) fn emit_client_event(
         ("app", Out::str(application_id.to_owned())),
         ("client_id", Out::str(client_id.to_owned())),
     ]);
-    let frame = Arc::new(Outgoing::new(OutFrame::delivery(t, Out::Null, payload)));
+    let frame = Outgoing::new(OutFrame::delivery(t, Out::Null, payload));
     for outbox in subscribers {
         outbox.push(&frame);
     }

@@ -289,7 +289,7 @@ impl Router {
             Some("BROADCAST") => ("BROADCAST", Recipients::All),
             Some("QUEUE") => return Some(self.queue_push_to(reply, envelope, trace)),
             _ => {
-                reply.push(&Arc::new(Outgoing::new(Invalid::Injection.to_frame())));
+                reply.push(&Outgoing::new(Invalid::Injection.to_frame()));
                 return None;
             }
         };
@@ -312,7 +312,7 @@ impl Router {
                 invalid.to_frame()
             }
         };
-        reply.push(&Arc::new(Outgoing::new(answer)));
+        reply.push(&Outgoing::new(answer));
         None
     }
 }

@@ -1,7 +1,5 @@
 //! What the router tests share.
 
-use std::sync::Arc;
-
 use ganglion_core::frame::{Encoding, OutFrame, Outgoing};
 use ganglion_core::session::Outbox;
 use parking_lot::Mutex;
@@ -15,7 +13,7 @@ impl Outbox for Recorder {
         Encoding::Json
     }
 
-    fn push(&self, frame: &Arc<Outgoing>) -> bool {
+    fn push(&self, frame: &Outgoing) -> bool {
         self.0.lock().push(frame.frame().clone());
         true
     }

@@ -68,6 +68,7 @@ impl Members {
     /// [`Envelope::fast`](ganglion_core::Envelope::fast) keeps them, and built in place).
     pub(crate) fn fast(
         &self,
+        t: &'static str,
         frame: &Bytes,
         encoding: Encoding,
         decode: fn(&[u8]) -> Option<Value>,
@@ -80,6 +81,7 @@ impl Members {
         };
         let (target, payload) = (self.target.as_ref()?, self.payload.as_ref()?);
         Some(Box::new(FastDispatch {
+            t,
             target: raw(target),
             payload: raw(payload),
             nonce: self.nonce.as_ref().map(raw),

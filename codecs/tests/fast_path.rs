@@ -313,6 +313,61 @@ fn other_frames_are_decoded_in_full() {
     let envelope = Msgpack.decode_envelope_bytes(&no_payload, 1 << 20).unwrap();
     assert!(envelope.fast.is_none());
     assert!(envelope.d.as_object().unwrap().contains_key("target"));
+    // ... and `t`, which the fast path would have kept as a label only.
+    assert_eq!(envelope.t, Value::from("SEND"));
+}
+
+/// A map of these members, each already encoded.
+fn map(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = vec![0x80 | members.len() as u8];
+    for (key, value) in members {
+        out.push(0xa0 | key.len() as u8);
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// A SEND's `t` is kept as a label in `fast` (nothing allocated) whatever string family it
+/// came in, only when the frame takes the fast path, and a repeated `t` is the last one.
+#[test]
+fn the_event_name_of_a_fast_dispatch_is_a_label() {
+    let str8 = |text: &str| [&[0xd9, text.len() as u8][..], text.as_bytes()].concat();
+    let fix = |text: &str| encoded(&Value::from(text), &mut Choices(None));
+    let d = map(&[("target", vec![0xc0]), ("payload", vec![0x01])]);
+    let decode = |members: &[(&str, Vec<u8>)]| {
+        let bytes = Bytes::from(map(members));
+        let fast = Msgpack.decode_envelope_bytes(&bytes, 1 << 20).unwrap();
+        let full = Msgpack.decode_envelope(&bytes, 1 << 20).unwrap();
+        assert_eq!(fast.event_name(), full.event_name());
+        fast
+    };
+    for t in [fix("SEND"), str8("SEND"), fix("BROADCAST")] {
+        let envelope = decode(&[("op", vec![0x04]), ("t", t), ("d", d.clone())]);
+        assert_eq!(envelope.t, Value::Null);
+        assert!(envelope.fast.is_some());
+        assert!(matches!(envelope.event_name(), Some("SEND" | "BROADCAST")));
+    }
+    let last_wins = decode(&[
+        ("op", vec![0x04]),
+        ("t", fix("SEND")),
+        ("d", d.clone()),
+        ("t", fix("QUEUE")),
+    ]);
+    assert!(last_wins.fast.is_none());
+    assert_eq!(last_wins.t, Value::from("QUEUE"));
+    let last_wins = decode(&[
+        ("t", fix("QUEUE")),
+        ("op", vec![0x04]),
+        ("t", fix("SEND")),
+        ("d", d.clone()),
+    ]);
+    assert_eq!(last_wins.fast.map(|fast| fast.t), Some("SEND"));
+    assert_eq!(last_wins.t, Value::Null);
+    // Not an op 4: decoded in full, `t` included.
+    let identify = decode(&[("op", vec![0x01]), ("t", fix("SEND")), ("d", d)]);
+    assert!(identify.fast.is_none());
+    assert_eq!(identify.t, Value::from("SEND"));
 }
 
 #[test]

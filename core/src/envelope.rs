@@ -11,14 +11,14 @@ pub struct Envelope {
     pub op: Option<u8>,
     /// `d`; absent is null.
     pub d: Value,
-    /// `t` exactly as received (only meaningful on op 4).
+    /// `t` exactly as received (only meaningful on op 4); null when `fast` holds it.
     pub t: Value,
     /// `ts` as received, echoed only inside `invalid dispatch payload`.
     pub ts: Value,
     /// The optional `trace` key (SPEC §11), as received.
     pub trace: Value,
-    /// For a SEND or BROADCAST whose codec kept `d` in its wire form: `d` is then null and
-    /// this holds its members. The router reads it instead of `d`.
+    /// For a SEND or BROADCAST whose codec kept `d` in its wire form: `d` and `t` are then
+    /// null and this holds its members and its event name. The router reads it instead.
     pub fast: Option<Box<FastDispatch>>,
 }
 
@@ -29,6 +29,8 @@ pub struct Envelope {
 /// bytes) or its payload (copied as is to recipients of the same encoding).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastDispatch {
+    /// `t`: `SEND` or `BROADCAST` (a label, so decoding it allocates nothing).
+    pub t: &'static str,
     pub target: RawValue,
     pub payload: RawValue,
     pub nonce: Option<RawValue>,
@@ -79,7 +81,10 @@ impl Envelope {
 
     /// `t` when it is a string.
     pub fn event_name(&self) -> Option<&str> {
-        self.t.as_str()
+        match &self.fast {
+            Some(fast) => Some(fast.t),
+            None => self.t.as_str(),
+        }
     }
 
     /// Whether this frame may be handled while an earlier frame's effects are still pending.

@@ -103,7 +103,7 @@ fn envelope(frame: &Bytes) -> Scan<Envelope> {
     };
     let members = d.ok_or(GiveUp)?;
     let fast = members
-        .fast(frame, Encoding::Json, decode_checked)
+        .fast(t, frame, Encoding::Json, decode_checked)
         .ok_or(GiveUp)?;
     let decoded = |span: Option<Range<usize>>| {
         span.map_or(Some(Value::Null), |span| decode_checked(&frame[span]))
@@ -112,7 +112,8 @@ fn envelope(frame: &Bytes) -> Scan<Envelope> {
     let mut envelope = Envelope::from_parts(
         &Value::Int(4),
         Value::Null,
-        Value::from(t),
+        // In `fast`.
+        Value::Null,
         decoded(ts)?,
         decoded(trace)?,
     );

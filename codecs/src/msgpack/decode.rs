@@ -64,8 +64,20 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
     // `d` as a value, or (when it is a map) its span and the spans of its members.
     let mut d = Value::Null;
     let mut d_map: Option<(usize, Members)> = None;
+    // `t` when it is SEND or BROADCAST in its usual form: a label, so nothing is allocated for
+    // it unless the frame turns out not to take the fast path.
+    let mut t_label: Option<&'static str> = None;
     for _ in 0..len {
         let key = reader.key_bytes()?;
+        if key == b"t"
+            && frame.is_some()
+            && let Some((label, len)) = routed_event(reader.rest())
+        {
+            reader.pos += len;
+            t_label = Some(label);
+            t = Value::Null;
+            continue;
+        }
         if key == b"d" && frame.is_some() && reader.rest().first().is_some_and(|m| is_map(*m)) {
             let start = reader.pos;
             d_map = Some((start, reader.scan_members(depth)?));
@@ -80,7 +92,10 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
                 d = value;
                 d_map = None;
             }
-            b"t" => t = value,
+            b"t" => {
+                t = value;
+                t_label = None;
+            }
             b"ts" => ts = value,
             b"trace" => trace = value,
             _ => {}
@@ -92,13 +107,22 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
             reader.pos,
         ));
     }
-    let routed = op == Value::Int(4) && matches!(t.as_str(), Some("SEND" | "BROADCAST"));
-    let fast = match (&d_map, frame) {
-        (Some((_, members)), Some(frame)) if routed => {
-            members.fast(frame, Encoding::Msgpack, decode_checked)
+    let label = t_label.or_else(|| match t.as_str() {
+        Some("SEND") => Some("SEND"),
+        Some("BROADCAST") => Some("BROADCAST"),
+        _ => None,
+    });
+    let fast = match (&d_map, frame, label) {
+        (Some((_, members)), Some(frame), Some(label)) if op == Value::Int(4) => {
+            members.fast(label, frame, Encoding::Msgpack, decode_checked)
         }
         _ => None,
     };
+    match (&fast, t_label) {
+        (Some(_), _) => t = Value::Null,
+        (None, Some(label)) => t = Value::from(label),
+        (None, None) => {}
+    }
     if fast.is_none()
         && let Some((start, _)) = d_map
     {
@@ -108,6 +132,19 @@ fn envelope(bytes: &[u8], frame: Option<&Bytes>) -> Result<Envelope, DecodeError
     let mut envelope = Envelope::from_parts(&op, d, t, ts, trace);
     envelope.fast = fast;
     Ok(envelope)
+}
+
+/// `SEND` or `BROADCAST` as a fixstr at the start of `rest`, and its length in bytes.
+fn routed_event(rest: &[u8]) -> Option<(&'static str, usize)> {
+    const SEND: &[u8] = b"\xa4SEND";
+    const BROADCAST: &[u8] = b"\xa9BROADCAST";
+    if rest.starts_with(SEND) {
+        Some(("SEND", SEND.len()))
+    } else if rest.starts_with(BROADCAST) {
+        Some(("BROADCAST", BROADCAST.len()))
+    } else {
+        None
+    }
 }
 
 /// Decodes one MessagePack value that was checked when its frame arrived.

@@ -130,6 +130,7 @@ impl Router {
                 target,
                 payload,
                 nonce,
+                ..
             } = *fast;
             let nonce = nonce.map_or(Value::Null, |n| n.value());
             let parsed = match cache {

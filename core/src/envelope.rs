@@ -13,13 +13,19 @@ pub struct Envelope {
     pub d: Value,
     /// `t` exactly as received (only meaningful on op 4); null when `fast` holds it.
     pub t: Value,
-    /// `ts` as received, echoed only inside `invalid dispatch payload`.
-    pub ts: Value,
-    /// The optional `trace` key (SPEC §11), as received.
-    pub trace: Value,
+    /// `ts` and `trace` ([`Envelope::ts`], [`Envelope::trace`]), which most frames do not
+    /// carry: boxed, and absent when both are null, so an envelope is cheap to move.
+    extras: Option<Box<Extras>>,
     /// For a SEND or BROADCAST whose codec kept `d` in its wire form: `d` and `t` are then
     /// null and this holds its members and its event name. The router reads it instead.
     pub fast: Option<Box<FastDispatch>>,
+}
+
+/// The top-level members of an [`Envelope`] that most frames do not carry.
+#[derive(Debug, Clone, PartialEq)]
+struct Extras {
+    ts: Value,
+    trace: Value,
 }
 
 /// The members of a SEND or BROADCAST `d`, still encoded: checked to be valid when the frame
@@ -69,14 +75,40 @@ impl Envelope {
             Value::Int(n) => u8::try_from(*n).ok().filter(|op| *op <= 8),
             _ => None,
         };
+        Envelope::new(op, d, t, ts, trace)
+    }
+
+    /// An envelope with this opcode (`None`: the unknown opcode) and top-level members.
+    pub fn new(op: Option<u8>, d: Value, t: Value, ts: Value, trace: Value) -> Envelope {
+        let extras = (!ts.is_null() || !trace.is_null()).then(|| Box::new(Extras { ts, trace }));
         Envelope {
             op,
             d,
             t,
-            ts,
-            trace,
+            extras,
             fast: None,
         }
+    }
+
+    /// `ts` as received, echoed only inside `invalid dispatch payload`; null when absent.
+    pub fn ts(&self) -> &Value {
+        self.extras
+            .as_ref()
+            .map_or(&Value::Null, |extras| &extras.ts)
+    }
+
+    /// The optional `trace` key (SPEC §11), as received; null when absent.
+    pub fn trace(&self) -> &Value {
+        self.extras
+            .as_ref()
+            .map_or(&Value::Null, |extras| &extras.trace)
+    }
+
+    /// Takes `ts` out, for an answer that echoes it.
+    pub fn take_ts(&mut self) -> Value {
+        self.extras.as_mut().map_or(Value::Null, |extras| {
+            std::mem::replace(&mut extras.ts, Value::Null)
+        })
     }
 
     /// `t` when it is a string.

@@ -213,7 +213,7 @@ pub fn dispatch_span(
     conn: Option<ConnId>,
 ) -> (Span, Option<TraceContext>) {
     let t = event_label(envelope.event_name().unwrap_or_default());
-    let parent = TraceContext::from_value(&envelope.trace);
+    let parent = TraceContext::from_value(envelope.trace());
     traced_span(parent.as_ref(), || {
         tracing::info_span!(
             target: SPAN_TARGET,

@@ -649,14 +649,13 @@ fn injection(message: &Message, limit: usize) -> Option<Envelope> {
     };
     let mut take = |key: &str| body.remove(key);
     let (t, d, ts, trace) = (take("t"), take("d"), take("ts"), take("trace"));
-    Some(Envelope {
-        op: Some(op::DISPATCH),
-        t: t.unwrap_or(Value::Null),
-        d: d.unwrap_or(Value::Null),
-        ts: ts.unwrap_or(Value::Null),
-        trace: trace.unwrap_or_else(|| trace_from_headers(message.headers.as_ref())),
-        fast: None,
-    })
+    Some(Envelope::new(
+        Some(op::DISPATCH),
+        d.unwrap_or(Value::Null),
+        t.unwrap_or(Value::Null),
+        ts.unwrap_or(Value::Null),
+        trace.unwrap_or_else(|| trace_from_headers(message.headers.as_ref())),
+    ))
 }
 
 /// `{"traceparent", "tracestate"?}` from NATS headers, or null without a `traceparent`.

@@ -71,8 +71,8 @@ pub fn delivered(codec: &dyn Codec, payload: Out) -> Bytes {
 /// The fast path's envelope means what the full decoder's does.
 pub fn same_meaning(fast: Envelope, full: Envelope) -> Result<(), TestCaseError> {
     prop_assert_eq!(
-        (&fast.op, fast.event_name(), &fast.ts, &fast.trace),
-        (&full.op, full.event_name(), &full.ts, &full.trace)
+        (&fast.op, fast.event_name(), fast.ts(), fast.trace()),
+        (&full.op, full.event_name(), full.ts(), full.trace())
     );
     let Some(members) = fast.fast else {
         prop_assert_eq!((fast.d, fast.t), (full.d, full.t));

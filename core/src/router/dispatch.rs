@@ -116,7 +116,7 @@ impl Router {
         &self,
         t: &'static str,
         wanted: Recipients,
-        envelope: Envelope,
+        mut envelope: Envelope,
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
         received: SystemTime,
@@ -156,10 +156,11 @@ impl Router {
         if !well_formed {
             return Err(invalid_payload(envelope));
         }
+        let ts = envelope.take_ts();
         let Value::Object(mut d) = envelope.d else {
             return Err(Invalid::DispatchPayload {
                 t: envelope.t,
-                ts: envelope.ts,
+                ts,
                 d: Value::Null,
             });
         };

@@ -318,10 +318,10 @@ impl Router {
 }
 
 /// `invalid dispatch payload`, echoing the frame as received (SPEC §7.8).
-pub(super) fn invalid_payload(envelope: Envelope) -> Invalid {
+pub(super) fn invalid_payload(mut envelope: Envelope) -> Invalid {
     Invalid::DispatchPayload {
+        ts: envelope.take_ts(),
         t: envelope.t,
-        ts: envelope.ts,
         d: envelope.d,
     }
 }

@@ -53,24 +53,25 @@ impl Router {
     /// Validates a QUEUE `d` (SPEC §8.3 step 1) into the message and its parsed target.
     pub(super) fn prepare_push(
         &self,
-        envelope: Envelope,
+        mut envelope: Envelope,
         trace: Option<TraceContext>,
     ) -> Result<(NewMessage, Query), Invalid> {
         let well_formed = envelope
             .d
             .as_object()
             .is_some_and(|d| d.contains_key("target") && d.contains_key("payload"));
+        let ts = envelope.take_ts();
         let Value::Object(mut d) = envelope.d else {
             return Err(Invalid::DispatchPayload {
                 t: envelope.t,
-                ts: envelope.ts,
+                ts,
                 d: envelope.d,
             });
         };
         if !well_formed {
             return Err(Invalid::DispatchPayload {
                 t: envelope.t,
-                ts: envelope.ts,
+                ts,
                 d: Value::Object(d),
             });
         }

@@ -7,11 +7,12 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use ganglion_codecs::FrameKind;
+use ganglion_core::clock::Arrival;
 use ganglion_core::error::close_code;
 use ganglion_core::queue::engine::Completion;
 use ganglion_core::telemetry;
@@ -196,7 +197,7 @@ async fn read_loop<R, S>(
         // Then the frames that are already read, up to a batch, without asking the other
         // branches again for each one: a sender's burst is routed in one go. One reading of
         // the wall clock serves the batch (`Inbound::received`).
-        let received = SystemTime::now();
+        let received = Arrival::now();
         let mut item = Some(item);
         let mut handled = 0;
         while let Some(next) = item.take() {
@@ -277,7 +278,7 @@ where
     async fn handle(
         &mut self,
         item: Option<WireIn>,
-        received: SystemTime,
+        received: Arrival,
         deadline: Pin<&mut Sleep>,
     ) -> Result<(), End> {
         let config = &self.config;

@@ -2,11 +2,10 @@
 //! of queue events to [`queue`](super::queue).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use smallvec::SmallVec;
 
-use crate::clock;
+use crate::clock::Arrival;
 use crate::envelope::{Envelope, FastDispatch};
 use crate::error::Invalid;
 use crate::frame::{Out, OutFrame, Outgoing, RawValue, TraceContext};
@@ -30,7 +29,7 @@ impl Router {
         identity: &Identity,
         envelope: Envelope,
         trace: Option<TraceContext>,
-        received: SystemTime,
+        received: Arrival,
     ) -> Outcome {
         // A label from a closed set: no copy of the client's string on the hot path.
         let t = event_label(envelope.event_name().unwrap_or_default());
@@ -119,7 +118,7 @@ impl Router {
         mut envelope: Envelope,
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
-        received: SystemTime,
+        received: Arrival,
     ) -> Result<usize, Invalid> {
         if let Some(fast) = envelope.fast {
             // `d` kept in wire form by the codec: nothing of it is decoded unless needed.
@@ -197,7 +196,7 @@ impl Router {
         payload: Out,
         trace: Option<TraceContext>,
         cache: Option<&QueryCache>,
-        received: SystemTime,
+        received: Arrival,
     ) -> Result<usize, Invalid> {
         let query = match parsed {
             Ok(query) => query,
@@ -241,13 +240,8 @@ impl Router {
                 target: target.into_value(),
             });
         }
-        let frame = OutFrame::delivery_at(
-            t,
-            Out::Value(nonce),
-            payload,
-            clock::ms_since_epoch(received),
-        )
-        .with_trace(trace);
+        let frame = OutFrame::delivery_at(t, Out::Value(nonce), payload, received.ms_since_epoch())
+            .with_trace(trace);
         let frame = match outboxes.len() {
             1 => Outgoing::for_one(frame),
             _ => Outgoing::new(frame),
@@ -256,8 +250,8 @@ impl Router {
             outbox.push(&frame);
         }
         // From the frame's arrival, so the time it waited behind the frames read with it
-        // counts too (a clock stepped back meanwhile records 0, not a negative time).
-        telemetry::routing(t).record_elapsed(received.elapsed().unwrap_or_default());
+        // counts too.
+        telemetry::routing(t).record_elapsed(received.elapsed());
         Ok(outboxes.len())
     }
 

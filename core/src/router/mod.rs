@@ -10,11 +10,11 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::auth::Auth;
+use crate::clock::Arrival;
 use crate::envelope::Envelope;
 use crate::error::{Fatal, Invalid};
 use crate::frame::{Out, OutFrame, Outgoing, TraceContext, op};
@@ -81,12 +81,12 @@ pub struct Inbound {
     /// When the transport read the frame: the `ts` of the deliveries it causes, and the start
     /// of its routing time. Transports read the clock once for every batch of frames they read
     /// together, not once per frame.
-    pub received: SystemTime,
+    pub received: Arrival,
 }
 
 impl Inbound {
     /// A frame as a transport hands it over, before the tracing layer.
-    pub fn new(conn: Arc<Conn>, envelope: Envelope, received: SystemTime) -> Inbound {
+    pub fn new(conn: Arc<Conn>, envelope: Envelope, received: Arrival) -> Inbound {
         Inbound {
             conn,
             envelope,
@@ -168,7 +168,7 @@ impl Router {
     /// Applies one frame (SPEC §3.3's gate, then the op's handling). Every op 4 frame it
     /// causes carries `trace` (SPEC §11; see [`Inbound::trace`]).
     pub fn handle(&self, conn: &Conn, envelope: Envelope, trace: Option<TraceContext>) -> Outcome {
-        self.handle_received(conn, envelope, trace, SystemTime::now())
+        self.handle_received(conn, envelope, trace, Arrival::now())
     }
 
     /// [`Router::handle`] for a frame read at `received` ([`Inbound::received`]).
@@ -177,7 +177,7 @@ impl Router {
         conn: &Conn,
         envelope: Envelope,
         trace: Option<TraceContext>,
-        received: SystemTime,
+        received: Arrival,
     ) -> Outcome {
         match conn.state() {
             ConnState::Closing => Outcome::Continue,
@@ -294,7 +294,7 @@ impl Router {
             }
         };
         let nonce = envelope.dispatch_nonce();
-        let answer = match self.route(t, wanted, envelope, trace.clone(), None, SystemTime::now()) {
+        let answer = match self.route(t, wanted, envelope, trace.clone(), None, Arrival::now()) {
             Ok(recipients) => OutFrame::dispatch(
                 "DISPATCH_RESULT",
                 Out::Map(vec![

@@ -195,8 +195,8 @@ async fn read_loop<R, S>(
             item = inbound.next() => item,
         };
         // Then the frames that are already read, up to a batch, without asking the other
-        // branches again for each one: a sender's burst is routed in one go. One reading of
-        // the wall clock serves the batch (`Inbound::received`).
+        // branches again for each one: a sender's burst is routed in one go. One arrival time
+        // serves the batch (`Inbound::received`: one wall-clock and one counter reading).
         let received = Arrival::now();
         let mut item = Some(item);
         let mut handled = 0;

@@ -81,6 +81,8 @@ impl Gateway {
         let node_id = config.node_id(env);
         // The recorder is process-wide; installing it first means nothing is missed.
         crate::metrics::handle();
+        // Now rather than while the first client waits.
+        ganglion_core::clock::calibrate();
         let store: Arc<dyn QueueStore> = match config.queue.store {
             StoreKind::Redb => {
                 let store = RedbStore::open(&config.queue.data_dir)?;

@@ -305,16 +305,13 @@ where
             }
             self.pipelined = 0;
         }
-        // The router answers at once: calling it without a suspension point in between keeps
-        // the frame and its future out of this future's state (a copy each, per frame).
-        let svc = match self.service.ready().now_or_never() {
-            Some(Ok(svc)) => svc,
-            None => match self.service.ready().await {
-                Ok(svc) => svc,
-                Err(never) => match never {},
-            },
-            Some(Err(never)) => match never {},
+        let svc = match self.service.ready().await {
+            Ok(svc) => svc,
+            Err(never) => match never {},
         };
+        // The router answers at once: the frame is built only after the wait for readiness,
+        // and the call's future is polled where it was made, so neither is copied into this
+        // future's state first (a copy each, per frame).
         let mut call =
             std::pin::pin!(svc.call(Inbound::new(self.conn.clone(), envelope, received)));
         let outcome = match call.as_mut().now_or_never() {

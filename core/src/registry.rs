@@ -409,6 +409,19 @@ impl Registry {
         cache: &MatchCache,
         then: impl FnOnce(&[Slot]) -> R,
     ) -> R {
+        self.match_set_cached_where(q, cache, |_| true, then)
+    }
+
+    /// [`Registry::match_set_where`] through a [`MatchCache`], as [`Registry::match_set_cached`].
+    /// The cache does not know `eligible`: one cache must always be used with the same
+    /// predicate (the proxy keeps its own, for the clients with an address).
+    pub fn match_set_cached_where<R>(
+        &self,
+        q: &Arc<Query>,
+        cache: &MatchCache,
+        eligible: impl Fn(&ClientRecord) -> bool,
+        then: impl FnOnce(&[Slot]) -> R,
+    ) -> R {
         let mut last = cache.last.lock();
         let fresh = last.generation == self.generation
             && last
@@ -422,7 +435,7 @@ impl Registry {
                 slots,
             } = &mut *last;
             slots.clear();
-            self.match_set_into(q, |app| self.candidates(app, q), |_| true, slots);
+            self.match_set_into(q, |app| self.candidates(app, q), eligible, slots);
             if slots.len() > MAX_CACHED_MATCHES {
                 let result = then(slots);
                 *last = LastMatch::default();

@@ -38,7 +38,10 @@ fn record(app: &str, id: usize, metadata: &serde_json::Value, restricted: bool) 
         restricted,
         receive_client_updates: false,
         socket_ip: None,
-        proxy_address: None,
+        // Every other client has an address, for the proxy's match sets.
+        proxy_address: id
+            .is_multiple_of(2)
+            .then(|| format!("http://10.0.0.{}", id % 250)),
         metadata,
         outbox: Arc::new(Discard),
         conn_id: id as u64,
@@ -266,12 +269,24 @@ proptest! {
         let parsed: Vec<Arc<Query>> = queries.iter().map(|q| Arc::new(parse(q))).collect();
         let own: Vec<MatchCache> = parsed.iter().map(|_| MatchCache::default()).collect();
         let shared = MatchCache::default();
+        // The proxy's: the same, over the clients with an address only.
+        let own_proxy: Vec<MatchCache> = parsed.iter().map(|_| MatchCache::default()).collect();
+        let shared_proxy = MatchCache::default();
+        let reachable = |r: &ClientRecord| r.proxy_address.is_some();
         let check = |registry: &Registry| -> Result<(), TestCaseError> {
-            for ((query, cache), q) in parsed.iter().zip(&own).zip(&queries) {
+            for (((query, cache), proxy_cache), q) in
+                parsed.iter().zip(&own).zip(&own_proxy).zip(&queries)
+            {
                 let fresh = registry.match_set(query);
                 for cache in [cache, &shared] {
                     let cached = registry.match_set_cached(query, cache, <[Slot]>::to_vec);
                     prop_assert_eq!(&cached, &fresh, "query {}", q);
+                }
+                let fresh_proxy = registry.match_set_where(query, reachable);
+                for cache in [proxy_cache, &shared_proxy] {
+                    let cached =
+                        registry.match_set_cached_where(query, cache, reachable, <[Slot]>::to_vec);
+                    prop_assert_eq!(&cached, &fresh_proxy, "proxy query {}", q);
                 }
                 prop_assert_eq!(sorted(fresh), sorted(registry.match_set_scan(query)));
             }

@@ -678,3 +678,75 @@ async fn one_connection_switching_queries_applications_and_routes_reaches_the_ri
     assert_eq!(line(other.next_text().await), "GET /b HTTP/1.1");
     assert_eq!(line(eu.next_text().await), "GET /b HTTP/1.1");
 }
+
+/// A connection keeps what its last request resolved to (the parsed query, its match set, the
+/// joined URL: `TargetCache` in gateway/src/http/proxy.rs); every change to the registry in
+/// between must still reach the service the request chooses now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_follows_metadata_updates_and_departures() {
+    let gw = TestGateway::start().await;
+    let ok = |body: &'static [u8]| -> Vec<Answer> { (0..4).map(|_| answer(body)).collect() };
+    let mut first = Scripted::start(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")).await;
+    let mut second =
+        Scripted::start(ok(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")).await;
+    let region = |r: &str| json!({"region": {"type": "string", "value": r}});
+    let mut services = Vec::new();
+    for (id, upstream, r) in [("first", &first, "eu"), ("second", &second, "us")] {
+        services.push(
+            gw.identify_with(
+                Enc::Json,
+                json!({"application_id": "svc", "client_id": id,
+                       "ip": format!("http://{}", upstream.addr), "metadata": region(r)}),
+            )
+            .await,
+        );
+    }
+    let eu = r#"{"ops":[{"path":"/region","op":"$eq","to":{"value":"eu"}}]}"#;
+    let mut sender = connection(&gw).await;
+    let mut get = async |expected: &[u8]| {
+        let got = call(
+            &mut sender,
+            Method::GET,
+            "/api/v1/proxy/svc/r",
+            &[("x-ganglion-query", eu)],
+            "",
+        )
+        .await;
+        if expected.is_empty() {
+            assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+        } else {
+            assert_eq!(body(&got), expected);
+        }
+    };
+    get(b"first").await;
+    get(b"first").await;
+    // The first service leaves `eu`, the second joins it: the same request now goes there.
+    services[0].update_metadata(region("ap")).await;
+    get(b"").await;
+    services[1].update_metadata(region("eu")).await;
+    get(b"second").await;
+    // The second leaves: nobody matches any more.
+    services.pop().expect("two services").close().await;
+    // Until the node has seen the close: one client left.
+    let deadline = tokio::time::Instant::now() + patience();
+    loop {
+        let left = gw.query(json!({"application": "svc"})).await;
+        if left.len() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed service is still registered: {left:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    get(b"").await;
+    // And the first comes back to `eu`.
+    services[0].update_metadata(region("eu")).await;
+    get(b"first").await;
+    let line = |text: String| text.lines().next().unwrap_or_default().to_owned();
+    for _ in 0..3 {
+        assert_eq!(line(first.next_text().await), "GET /r HTTP/1.1");
+    }
+    assert_eq!(line(second.next_text().await), "GET /r HTTP/1.1");
+}

@@ -22,7 +22,7 @@ use crate::metadata::MetadataLimits;
 use crate::query::{Query, QueryLimits};
 use crate::queue::engine::{Completion, QueueEngine};
 use crate::queue::{QueueConfig, QueueStore, StoreError};
-use crate::registry::{ClientRecord, Recipients, Registry};
+use crate::registry::{ClientRecord, MatchCache, Recipients, Registry};
 use crate::session::{Conn, ConnState, Outbox};
 
 mod dispatch;
@@ -266,6 +266,28 @@ impl Router {
         let eligible = registry.match_set_where(query, |r| r.proxy_address.is_some());
         let slot = registry.pick_one(query, &eligible)?;
         registry.get(slot)?.proxy_address.clone()
+    }
+
+    /// [`Router::proxy_target`] for a connection that proxies again and again: the match set
+    /// comes through `cache` (kept while the registry is unchanged; use the cache for nothing
+    /// else), the client is still chosen per call, and `then` sees its address without a
+    /// copy. `None` when nobody is eligible.
+    pub fn proxy_target_with<R>(
+        &self,
+        query: &Arc<Query>,
+        cache: &MatchCache,
+        then: impl FnOnce(&str) -> R,
+    ) -> Option<R> {
+        let registry = self.registry.read();
+        registry.match_set_cached_where(
+            query,
+            cache,
+            |r| r.proxy_address.is_some(),
+            |eligible| {
+                let slot = registry.pick_one(query, eligible)?;
+                registry.get(slot)?.proxy_address.as_deref().map(then)
+            },
+        )
     }
 
     /// Routes a SEND, BROADCAST or QUEUE for a sender that is not a client: no identity, no

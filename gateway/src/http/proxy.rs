@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use ganglion_core::frame::TraceContext;
 use ganglion_core::query::Query;
+use ganglion_core::registry::MatchCache;
 use ganglion_core::trace::{SPAN_TARGET, traced_span};
 use ganglion_core::{Map, Value};
 use serde_json::json;
@@ -330,6 +331,8 @@ async fn transparent_form(
             .headers
             .get(&X_GANGLION_QUERY)
             .map(HeaderValue::as_bytes),
+        // Hyper serves a connection's requests one route call at a time, with nothing kept.
+        &mut TargetCache::default(),
     ) {
         Ok(url) => url,
         Err(Refusal::NotFound) => return super::not_found().await,
@@ -370,58 +373,137 @@ pub(super) enum Refusal {
 
 /// The target URL of a transparent request (SPEC §9.6): the method checked, the client
 /// chosen by the path's application and `X-Ganglion-Query`, the route joined to its address.
+/// `cache` is the connection's: what its last request resolved to (see [`TargetCache`]).
 pub(super) fn transparent_target(
     state: &AppState,
     method: &str,
     path: &str,
     raw_query: Option<&str>,
     query_header: Option<&[u8]>,
+    cache: &mut TargetCache,
 ) -> Result<Uri, Refusal> {
     let refuse = |status, reason: String| Err(Refusal::Answer(status, reason));
     if let Err(reason) = check_method(method) {
         return refuse(StatusCode::BAD_REQUEST, reason);
     }
-    let Some((application, route)) = split_path(path, raw_query) else {
+    let Some((segment, path)) = split_path(path) else {
         return Err(Refusal::NotFound);
     };
-    let query = match transparent_query(query_header, application) {
+    let query = match cache.query(segment, query_header, state) {
         Ok(query) => query,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, reason),
     };
-    let query = match Query::parse(&query, state.config.query_limits()) {
-        Ok(query) => query,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.reason),
-    };
-    let Some(address) = state.router.proxy_target(&query) else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "no matches".to_owned());
-    };
-    target_url(&address, &route)
-        .or_else(|_| refuse(StatusCode::BAD_GATEWAY, INVALID_TARGET.to_owned()))
+    let TargetCache { matches, url, .. } = cache;
+    let joined = state.router.proxy_target_with(&query, matches, |address| {
+        if let Some((a, r, uri)) = url.as_ref()
+            && a == address
+            && same_route(r, path, raw_query)
+        {
+            return Ok(uri.clone());
+        }
+        let route = route(path, raw_query);
+        let uri = target_url(address, &route)?;
+        *url = Some((address.to_owned(), route, uri.clone()));
+        Ok(uri)
+    });
+    match joined {
+        None => refuse(StatusCode::SERVICE_UNAVAILABLE, "no matches".to_owned()),
+        Some(Ok(uri)) => Ok(uri),
+        Some(Err(crate::proxy::target::InvalidTarget)) => {
+            refuse(StatusCode::BAD_GATEWAY, INVALID_TARGET.to_owned())
+        }
+    }
 }
 
-/// The `{application}` segment, percent-decoded, and the route: the rest of the path exactly
-/// as received (`/` when empty), with `?` and the raw query string if there is one.
-fn split_path(path: &str, raw_query: Option<&str>) -> Option<(Value, String)> {
+/// What a connection's last transparent request resolved to. A connection usually asks for
+/// the same application, query and route again and again: parsing the query, finding its
+/// match set and joining the route to the chosen address are then done once, not per
+/// request. Each part is kept by exactly what it is computed from (the raw application
+/// segment and `X-Ganglion-Query` bytes; the query and the registry's generation; the address
+/// and the route), so a request resolves as if nothing were kept; the client is still chosen
+/// per request.
+#[derive(Default)]
+pub(super) struct TargetCache {
+    query: Option<CachedQuery>,
+    /// The clients with an address the query matched.
+    matches: MatchCache,
+    /// The last address and route, and the URL they joined to.
+    url: Option<(String, String, Uri)>,
+}
+
+struct CachedQuery {
+    segment: Box<str>,
+    header: Option<Box<[u8]>>,
+    query: Arc<Query>,
+}
+
+impl TargetCache {
+    /// The query for the raw `{application}` segment and `X-Ganglion-Query`, or the 400 reason.
+    fn query(
+        &mut self,
+        segment: &str,
+        header: Option<&[u8]>,
+        state: &AppState,
+    ) -> Result<Arc<Query>, Reason> {
+        if let Some(cached) = &self.query
+            && *cached.segment == *segment
+            && cached.header.as_deref() == header
+        {
+            return Ok(cached.query.clone());
+        }
+        let query = transparent_query(header, application(segment))?;
+        let query = Query::parse(&query, state.config.query_limits()).map_err(|e| e.reason)?;
+        let query = Arc::new(query);
+        self.query = Some(CachedQuery {
+            segment: segment.into(),
+            header: header.map(Into::into),
+            query: query.clone(),
+        });
+        Ok(query)
+    }
+}
+
+/// The raw `{application}` segment and the rest of the path (empty, or from its `/` on).
+fn split_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix(PREFIX)?;
-    let (segment, path) = match rest.find('/') {
+    Some(match rest.find('/') {
         Some(slash) => rest.split_at(slash),
         None => (rest, ""),
-    };
-    let application = match String::from_utf8(super::queues::percent_decode(segment)) {
+    })
+}
+
+/// The application a raw `{application}` segment names, percent-decoded.
+fn application(segment: &str) -> Value {
+    match String::from_utf8(super::queues::percent_decode(segment)) {
         Ok(application) => Value::String(application),
         // No application id can be this: a non-string `application` matches nobody.
         Err(_) => Value::Bool(false),
-    };
-    let mut route = if path.is_empty() {
-        "/".to_owned()
-    } else {
-        path.to_owned()
-    };
+    }
+}
+
+/// The route: the rest of the path exactly as received (`/` when empty), with `?` and the raw
+/// query string if there is one.
+fn route(path: &str, raw_query: Option<&str>) -> String {
+    let path = if path.is_empty() { "/" } else { path };
+    let mut route = String::with_capacity(path.len() + raw_query.map_or(0, |q| q.len() + 1));
+    route.push_str(path);
     if let Some(query) = raw_query {
         route.push('?');
         route.push_str(query);
     }
-    Some((application, route))
+    route
+}
+
+/// Whether `route` is what [`route`] makes of `path` and `raw_query`, without making it.
+fn same_route(route: &str, path: &str, raw_query: Option<&str>) -> bool {
+    let path = if path.is_empty() { "/" } else { path };
+    let Some(rest) = route.strip_prefix(path) else {
+        return false;
+    };
+    match raw_query {
+        None => rest.is_empty(),
+        Some(query) => rest.strip_prefix('?') == Some(query),
+    }
 }
 
 /// The query of a transparent request: `X-Ganglion-Query` (JSON) with `application` set to
@@ -458,7 +540,10 @@ mod tests {
     fn the_route_is_the_raw_rest_of_the_path_and_query() {
         let split = |s: &str| {
             let uri = uri(s);
-            split_path(uri.path(), uri.query()).unwrap()
+            let (segment, path) = split_path(uri.path()).unwrap();
+            let route = route(path, uri.query());
+            assert!(same_route(&route, path, uri.query()), "{s}");
+            (application(segment), route)
         };
         assert_eq!(
             split("/api/v1/proxy/svc/users/1?x=2"),
@@ -481,7 +566,21 @@ mod tests {
             (Value::from("my svc"), "/a%2Fb/c%20d".to_owned())
         );
         assert_eq!(split("/api/v1/proxy/%FF/x").0, Value::Bool(false));
-        assert_eq!(split_path("/api/v1/other", None), None);
+        assert_eq!(split_path("/api/v1/other"), None);
+    }
+
+    /// A kept URL is reused only for the very route it was joined with.
+    #[test]
+    fn a_route_is_the_same_only_when_path_and_query_are() {
+        assert!(same_route("/", "", None));
+        assert!(same_route("/", "/", None));
+        assert!(same_route("/a?b=c", "/a", Some("b=c")));
+        assert!(same_route("/a?", "/a", Some("")));
+        assert!(!same_route("/a?", "/a", None));
+        assert!(!same_route("/a", "/a", Some("")));
+        assert!(!same_route("/ab", "/a", None));
+        assert!(!same_route("/a?b=c", "/a", Some("b=d")));
+        assert!(!same_route("/?x", "", None));
     }
 
     #[test]

@@ -42,7 +42,8 @@ use tracing::Span;
 
 use super::AppState;
 use super::proxy::{
-    Outcomes, PREFIX, Refusal, authenticated_by_authorization, proxy_span, transparent_target,
+    Outcomes, PREFIX, Refusal, TargetCache, authenticated_by_authorization, proxy_span,
+    transparent_target,
 };
 use crate::proxy::ProxyError;
 use crate::proxy::h1::{
@@ -128,9 +129,10 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let caller = Caller {
+    let mut caller = Caller {
         key: SourceKey::from_ip(peer.ip()),
         forwarded_for: forwarded_for(peer.ip()),
+        targets: TargetCache::default(),
     };
     // Room for a typical request head; it grows for larger ones.
     let mut read = BytesMut::with_capacity(1024);
@@ -147,7 +149,7 @@ where
         let mut need = 0;
         let step = loop {
             if read.len() >= need {
-                match take(&read, &caller, state, stop.is_cancelled()) {
+                match take(&read, &mut caller, state, stop.is_cancelled()) {
                     Step::NeedMore(at_least) => need = at_least,
                     step => break step,
                 }
@@ -205,15 +207,17 @@ where
     }
 }
 
-/// The downstream peer, as the password check and `X-Forwarded-For` use it.
+/// The downstream peer, as the password check and `X-Forwarded-For` use it, and what its
+/// last request resolved to.
 struct Caller {
     key: SourceKey,
     forwarded_for: String,
+    targets: TargetCache,
 }
 
 /// Decides what to do with the request at the start of `read`. While `draining`, the answer
 /// closes the connection.
-fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step {
+fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> Step {
     let mut headers = [EMPTY_HEADER; REQUEST_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(read) {
@@ -278,6 +282,7 @@ fn take(read: &[u8], caller: &Caller, state: &AppState, draining: bool) -> Step 
         path,
         raw_query,
         first(headers, "x-ganglion-query"),
+        &mut caller.targets,
     ) {
         Ok(target) if target.scheme() == Some(&Scheme::HTTP) => target,
         Ok(_) | Err(Refusal::NotFound) => return Step::Handoff,

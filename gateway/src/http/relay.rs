@@ -143,6 +143,9 @@ where
     // of the wait's bookkeeping): when it fires, it is moved to the current wait's due time if
     // that is later.
     let mut arrival = Box::pin(tokio::time::sleep(read_timeout));
+    // Waited on for the connection's whole life: a wait made afresh for every request would
+    // enter and leave the token's waiter list, under its lock, each time.
+    let mut stopping = std::pin::pin!(stop.cancelled());
     loop {
         let due = tokio::time::Instant::now() + read_timeout;
         // A head is parsed again only once more of it, or all of its body, is in.
@@ -157,7 +160,7 @@ where
             // A drain closes a connection that is between requests or still sending one.
             let got = tokio::select! {
                 got = io.read_buf(&mut read) => got,
-                () = stop.cancelled() => return Served::Done,
+                () = stopping.as_mut() => return Served::Done,
                 () = arrival.as_mut() => {
                     if tokio::time::Instant::now() >= due {
                         tracing::debug!(
@@ -449,7 +452,7 @@ where
     let authority = forward.target.authority().map_or("", |a| a.as_str());
     let exchanged = tokio::select! {
         biased;
-        exchanged = exchange(state, forward, authority, response) => exchanged,
+        exchanged = exchange(state, forward, authority, response, started) => exchanged,
         () = timer.as_mut() => Err(ProxyError::Timeout(format!(
             "no response within {} ms",
             proxy.total_timeout().as_millis()
@@ -524,11 +527,12 @@ async fn exchange(
     forward: &Forward,
     authority: &str,
     response: &mut BytesMut,
+    started: Instant,
 ) -> Result<(TcpStream, ResponseHead), ProxyError> {
     let upstreams = &state.proxy.upstreams;
     // Of the six methods, GET, HEAD, PUT and DELETE (RFC 9110 §9.2.2).
     let idempotent = forward.method.is_idempotent();
-    let mut pooled = upstreams.checkout(authority, !idempotent);
+    let mut pooled = upstreams.checkout(authority, !idempotent, started);
     loop {
         let reused = pooled.is_some();
         let mut stream = match pooled.take() {

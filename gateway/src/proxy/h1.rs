@@ -5,6 +5,7 @@
 //! Parsing heads is httparse's; this module only decides what the parsed headers mean.
 
 use httparse::Header;
+use smallvec::SmallVec;
 
 use super::headers::is_hop_by_hop;
 
@@ -101,7 +102,8 @@ pub fn connection_tokens<'a>(headers: &'a [Header<'a>]) -> impl Iterator<Item = 
 /// The headers of one message that describe its connection, never relayed: the hop-by-hop
 /// ones and those its `Connection` lines name (RFC 9110 §7.6.1).
 pub struct HopByHop<'a> {
-    named: Vec<&'a [u8]>,
+    /// Inline for the usual one or two tokens (`keep-alive`, `close`, `upgrade`).
+    named: SmallVec<[&'a [u8]; 4]>,
 }
 
 impl<'a> HopByHop<'a> {

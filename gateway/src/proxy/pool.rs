@@ -54,12 +54,13 @@ impl Upstreams {
     /// and is quiet: one on which anything arrived while it was idle (the upstream closed it,
     /// or sent bytes nobody asked for, such as a `408`) is closed instead. That is known from
     /// the readiness the runtime already tracks; with `probe` (for requests that must not be
-    /// sent twice) each connection is also checked with a non-blocking read.
-    pub fn checkout(&self, authority: &str, probe: bool) -> Option<TcpStream> {
+    /// sent twice) each connection is also checked with a non-blocking read. `now` is the
+    /// time of the request (its start, read once for all its uses).
+    pub fn checkout(&self, authority: &str, probe: bool, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.by_authority.get_mut(authority)?;
         while let Some(Idle { stream, since }) = list.pop() {
-            if since.elapsed() > self.idle_timeout {
+            if now.saturating_duration_since(since) > self.idle_timeout {
                 // The rest of the list is older still.
                 list.clear();
                 return None;

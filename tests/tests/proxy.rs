@@ -1105,6 +1105,7 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
                 ("trailer", "x-checksum"),
                 ("x-ganglion-query", "{}"),
                 ("x-forwarded-for", "10.9.9.9, 10.8.8.8"),
+                ("x-forwarded-for", "10.7.7.7"),
                 ("traceparent", TRACEPARENT),
                 ("tracestate", "congo=t61rcWkgMzE"),
                 ("x-custom", "kept"),
@@ -1128,7 +1129,7 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
     );
     assert_eq!(
         seen.header("x-forwarded-for"),
-        Some("10.9.9.9, 10.8.8.8, 127.0.0.1")
+        Some("10.9.9.9, 10.8.8.8, 10.7.7.7, 127.0.0.1")
     );
     assert_child_traceparent(seen.header("traceparent"), TRACEPARENT);
     assert_eq!(seen.header("tracestate"), Some("congo=t61rcWkgMzE"));

@@ -26,6 +26,7 @@
 //! are safe to repeat; for `POST` and `PATCH` idle connections are checked with a read before
 //! use instead.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use http::uri::Scheme;
 use http::{Method, StatusCode, Uri};
-use httparse::{EMPTY_HEADER, Header};
+use httparse::Header;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -66,6 +67,9 @@ const RESPONSE_HEADERS: usize = 100;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Room for reading response bodies.
 const READ_CHUNK: usize = 16 * 1024;
+/// A connection keeps the buffers of its last request for the next one, unless they grew
+/// beyond this (a large body passed through): idle connections hold little.
+const KEPT_BUFFER: usize = 8 * 1024;
 
 /// How a connection left the relay.
 pub enum Served<IO> {
@@ -88,7 +92,7 @@ enum Step {
         close: bool,
     },
     /// Relay it: `upstream` holds the request to send.
-    Relay(Box<Forward>),
+    Relay(Forward),
 }
 
 /// A request to relay, taken from the read buffer.
@@ -133,6 +137,9 @@ where
         key: SourceKey::from_ip(peer.ip()),
         forwarded_for: forwarded_for(peer.ip()),
         targets: TargetCache::default(),
+        checked_path: String::new(),
+        host: HostLine::default(),
+        spare: Vec::new(),
     };
     // Room for a typical request head; it grows for larger ones.
     let mut read = BytesMut::with_capacity(1024);
@@ -194,10 +201,17 @@ where
                 read.advance(forward.consumed);
                 let scratch = scratch.get_or_insert_with(|| Scratch {
                     response: BytesMut::with_capacity(READ_CHUNK),
+                    out: Vec::new(),
                     timer: Box::pin(tokio::time::sleep(state.proxy.total_timeout())),
                     outcomes: Outcomes::default(),
                 });
-                match relay(&mut io, state, &forward, scratch).await {
+                let relayed = relay(&mut io, state, &forward, scratch).await;
+                let mut spare = forward.upstream;
+                if spare.capacity() <= KEPT_BUFFER {
+                    spare.clear();
+                    caller.spare = spare;
+                }
+                match relayed {
                     Relayed::Done => !forward.close,
                     Relayed::Broken => return Served::Done,
                 }
@@ -216,14 +230,20 @@ struct Caller {
     key: SourceKey,
     forwarded_for: String,
     targets: TargetCache,
+    /// The last request path that was checked to be one hyper would take too.
+    checked_path: String,
+    host: HostLine,
+    /// The buffer of the last relayed request, for the next one.
+    spare: Vec<u8>,
 }
 
 /// Decides what to do with the request at the start of `read`. While `draining`, the answer
 /// closes the connection.
 fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> Step {
-    let mut headers = [EMPTY_HEADER; REQUEST_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(read) {
+    // Not initialised first: httparse writes the entries it returns.
+    let mut headers = [const { MaybeUninit::<Header<'_>>::uninit() }; REQUEST_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(read, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if read.len() < MAX_REQUEST_HEAD => {
             return Step::NeedMore(read.len() + 1);
@@ -239,11 +259,16 @@ fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> S
     // An empty application segment is the router's 404; a target hyper would refuse (bytes
     // outside ASCII, say) is hyper's 400.
     let application = path.strip_prefix(PREFIX).unwrap_or_default();
-    if application.is_empty()
-        || application.starts_with(['/', '?'])
-        || http::uri::PathAndQuery::try_from(path).is_err()
-    {
+    if application.is_empty() || application.starts_with(['/', '?']) {
         return Step::Handoff;
+    }
+    // The connection's last path was checked already.
+    if path != caller.checked_path {
+        if http::uri::PathAndQuery::try_from(path).is_err() {
+            return Step::Handoff;
+        }
+        caller.checked_path.clear();
+        caller.checked_path.push_str(path);
     }
     let headers: &[Header<'_>] = request.headers;
     let declined = ["upgrade", "expect", "transfer-encoding"];
@@ -309,21 +334,24 @@ fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> S
         body_len,
     };
     let keep_authorization = !authenticated_by_authorization(state, x_ganglion_auth.is_some());
-    let upstream = upstream_request(
+    let mut upstream = std::mem::take(&mut caller.spare);
+    upstream_request(
+        &mut upstream,
         &request,
         &target,
+        caller.host.line(&target),
         trace.as_ref(),
         keep_authorization,
         &caller.forwarded_for,
     );
-    Step::Relay(Box::new(Forward {
+    Step::Relay(Forward {
         method,
         target,
         upstream,
         consumed,
         close,
         span,
-    }))
+    })
 }
 
 /// The parts of a caller's request that go upstream.
@@ -347,67 +375,95 @@ const KEPT_BACK: [&str; 6] = [
     "tracestate",
 ];
 
-/// The request as it goes upstream (SPEC §9.7): request line, `Host`, the caller's headers
-/// without the hop-by-hop ones (and those named in `Connection`), ganglion's and — unless
-/// `keep_authorization` — `Authorization`; then the trace context, `X-Forwarded-For` with the
-/// caller appended, `Content-Length`, and the body.
+/// The request as it goes upstream (SPEC §9.7), written to the empty `upstream`: request
+/// line, the `Host` line, the caller's headers without the hop-by-hop ones (and those named in
+/// `Connection`), ganglion's and — unless `keep_authorization` — `Authorization`; then the
+/// trace context, `X-Forwarded-For` with the caller appended, `Content-Length`, and the body.
 fn upstream_request(
+    upstream: &mut Vec<u8>,
     request: &Request<'_>,
     target: &Uri,
+    host_line: &[u8],
     trace: Option<&TraceContext>,
     keep_authorization: bool,
     forwarded_for: &str,
-) -> Vec<u8> {
-    let mut upstream = Vec::with_capacity(512 + request.body.len());
+) {
+    upstream.reserve(512 + request.body.len());
     upstream.extend_from_slice(request.method.as_bytes());
     upstream.push(b' ');
     let path_and_query = target.path_and_query().map_or("/", |p| p.as_str());
     upstream.extend_from_slice(path_and_query.as_bytes());
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
-    put_host(&mut upstream, target);
+    upstream.extend_from_slice(host_line);
     let hop_by_hop = HopByHop::of(request.headers);
-    let mut forwarded = Vec::new();
+    let mut forwarded = false;
     for header in request.headers {
         let name = header.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded.extend_from_slice(header.value);
-            forwarded.extend_from_slice(b", ");
+            forwarded = true;
             continue;
         }
         let kept_back = hop_by_hop.contains(name)
             || KEPT_BACK.iter().any(|n| name.eq_ignore_ascii_case(n))
             || (!keep_authorization && name.eq_ignore_ascii_case("authorization"));
         if !kept_back {
-            put_header(&mut upstream, name.as_bytes(), header.value);
+            put_header(upstream, name.as_bytes(), header.value);
         }
     }
     if let Some(trace) = trace {
-        put_header(&mut upstream, b"traceparent", trace.traceparent.as_bytes());
+        put_header(upstream, b"traceparent", trace.traceparent.as_bytes());
         if let Some(state) = &trace.tracestate {
-            put_header(&mut upstream, b"tracestate", state.as_bytes());
+            put_header(upstream, b"tracestate", state.as_bytes());
         }
     }
-    forwarded.extend_from_slice(forwarded_for.as_bytes());
-    put_header(&mut upstream, b"x-forwarded-for", &forwarded);
+    // One line: the caller's own lines, in order, then the caller.
+    upstream.extend_from_slice(b"x-forwarded-for: ");
+    if forwarded {
+        for header in request.headers {
+            if header.name.eq_ignore_ascii_case("x-forwarded-for") {
+                upstream.extend_from_slice(header.value);
+                upstream.extend_from_slice(b", ");
+            }
+        }
+    }
+    upstream.extend_from_slice(forwarded_for.as_bytes());
+    upstream.extend_from_slice(b"\r\n");
     if let Some(length) = request.body_len {
         upstream.extend_from_slice(b"content-length: ");
-        put_decimal(&mut upstream, length);
+        put_decimal(upstream, length);
         upstream.extend_from_slice(b"\r\n");
     }
     upstream.extend_from_slice(b"\r\n");
     upstream.extend_from_slice(request.body);
-    upstream
 }
 
-/// `Host` for the target: its host, and its port unless it is 80.
-fn put_host(out: &mut Vec<u8>, target: &Uri) {
-    out.extend_from_slice(b"host: ");
-    out.extend_from_slice(target.host().unwrap_or_default().as_bytes());
-    if let Some(port) = target.port_u16().filter(|&port| port != 80) {
-        out.push(b':');
-        put_decimal(out, u64::from(port));
+/// The `Host` line of the connection's last target, by its authority: finding the host and
+/// the port in an authority means parsing it again.
+#[derive(Default)]
+struct HostLine {
+    authority: String,
+    line: Vec<u8>,
+}
+
+impl HostLine {
+    /// `host: ` and the target's host, with its port unless it is 80.
+    fn line(&mut self, target: &Uri) -> &[u8] {
+        let authority = target.authority().map_or("", |a| a.as_str());
+        if self.line.is_empty() || self.authority != authority {
+            self.authority.clear();
+            self.authority.push_str(authority);
+            self.line.clear();
+            self.line.extend_from_slice(b"host: ");
+            self.line
+                .extend_from_slice(target.host().unwrap_or_default().as_bytes());
+            if let Some(port) = target.port_u16().filter(|&port| port != 80) {
+                self.line.push(b':');
+                put_decimal(&mut self.line, u64::from(port));
+            }
+            self.line.extend_from_slice(b"\r\n");
+        }
+        &self.line
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// How a relayed exchange ended for the downstream connection.
@@ -423,6 +479,8 @@ enum Relayed {
 struct Scratch {
     /// Upstream bytes: the response head, then body bytes as they pass through.
     response: BytesMut,
+    /// Downstream bytes: the response head as it goes to the caller, then body bytes.
+    out: Vec<u8>,
     /// The total timeout, moved on for each request: moving a registered timer later does
     /// not touch the timer wheel.
     timer: Pin<Box<Sleep>>,
@@ -443,6 +501,7 @@ where
     let started = Instant::now();
     let Scratch {
         response,
+        out,
         timer,
         outcomes,
     } = scratch;
@@ -452,7 +511,7 @@ where
     let authority = forward.target.authority().map_or("", |a| a.as_str());
     let exchanged = tokio::select! {
         biased;
-        exchanged = exchange(state, forward, authority, response, started) => exchanged,
+        exchanged = exchange(state, forward, authority, response, out, started) => exchanged,
         () = timer.as_mut() => Err(ProxyError::Timeout(format!(
             "no response within {} ms",
             proxy.total_timeout().as_millis()
@@ -463,7 +522,11 @@ where
         Err(error) => return refuse(io, forward, error, started, outcomes).await,
     };
     outcomes.record(&forward.span, head.status, started);
-    match relay_body(io, upstream, head, response, timer.as_mut()).await {
+    let relayed = relay_body(io, upstream, head, response, out, timer.as_mut()).await;
+    if out.capacity() > KEPT_BUFFER {
+        *out = Vec::new();
+    }
+    match relayed {
         Ok(Some(reusable)) => {
             proxy.upstreams.checkin(authority, reusable);
             Relayed::Done
@@ -504,10 +567,9 @@ where
 }
 
 /// An upstream response head, ready to relay.
+/// The head as it goes downstream is written to the connection's `Scratch::out`.
 struct ResponseHead {
     status: StatusCode,
-    /// The head as it goes downstream.
-    head: Vec<u8>,
     framing: Framing,
     /// Whether the upstream keeps the connection open after this response.
     keep_alive: bool,
@@ -527,6 +589,7 @@ async fn exchange(
     forward: &Forward,
     authority: &str,
     response: &mut BytesMut,
+    out: &mut Vec<u8>,
     started: Instant,
 ) -> Result<(TcpStream, ResponseHead), ProxyError> {
     let upstreams = &state.proxy.upstreams;
@@ -540,7 +603,7 @@ async fn exchange(
             None => upstreams.connect(&forward.target).await?,
         };
         response.clear();
-        match send(&mut stream, forward, response).await {
+        match send(&mut stream, forward, response, out).await {
             Ok(head) => return Ok((stream, head)),
             Err(failed) if reused && idempotent && failed.before_response => {
                 tracing::debug!(error = ?failed.error, "pooled upstream connection was closed: retrying on a new one");
@@ -550,10 +613,13 @@ async fn exchange(
     }
 }
 
+/// Sends the request on `stream` and reads the response head; the head as it goes downstream
+/// is left in `out`.
 async fn send(
     stream: &mut TcpStream,
     forward: &Forward,
     response: &mut BytesMut,
+    out: &mut Vec<u8>,
 ) -> Result<ResponseHead, Failed> {
     // Interim responses are dropped from `response` as they are read: remember any byte.
     let mut answered = false;
@@ -568,7 +634,7 @@ async fn send(
         ));
     }
     loop {
-        match parse_response(&forward.method, forward.close, response) {
+        match parse_response(&forward.method, forward.close, response, out) {
             Ok(Some((length, head))) => {
                 response.advance(length);
                 return Ok(head);
@@ -602,16 +668,22 @@ fn malformed(why: impl std::fmt::Display) -> ProxyError {
 
 /// The response head at the start of `response`, with its length: `None` while incomplete.
 /// Interim (1xx) responses are dropped from `response` on the way. With `close`, the head
-/// going downstream says the connection closes after it.
+/// going downstream says the connection closes after it; it is written to `head`.
 fn parse_response(
     method: &Method,
     close: bool,
     response: &mut BytesMut,
+    head: &mut Vec<u8>,
 ) -> Result<Option<(usize, ResponseHead)>, ProxyError> {
     loop {
-        let mut headers = [EMPTY_HEADER; RESPONSE_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let length = match parsed.parse(response) {
+        let mut headers = [const { MaybeUninit::<Header<'_>>::uninit() }; RESPONSE_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            response,
+            &mut headers,
+        );
+        let length = match parsing {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if response.len() < MAX_RESPONSE_HEAD => {
                 return Ok(None);
@@ -634,7 +706,8 @@ fn parse_response(
             && !connection_has(headers, "close")
             && framing != Framing::UntilClose;
         let hop_by_hop = HopByHop::of(headers);
-        let mut head = Vec::with_capacity(length + 32);
+        head.clear();
+        head.reserve(length + 32);
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
         head.push(b' ');
@@ -646,7 +719,7 @@ fn parse_response(
             let dropped = hop_by_hop.contains(name)
                 || (rechunked && name.eq_ignore_ascii_case("content-length"));
             if !dropped {
-                put_header(&mut head, name.as_bytes(), header.value);
+                put_header(head, name.as_bytes(), header.value);
             }
         }
         if rechunked {
@@ -660,7 +733,6 @@ fn parse_response(
             length,
             ResponseHead {
                 status,
-                head,
                 framing,
                 keep_alive,
             },
@@ -684,18 +756,18 @@ async fn relay_body<IO>(
     mut upstream: TcpStream,
     head: ResponseHead,
     response: &mut BytesMut,
+    out: &mut Vec<u8>,
     mut timer: Pin<&mut Sleep>,
 ) -> Result<Option<TcpStream>, Cut>
 where
     IO: AsyncWrite + Unpin,
 {
-    let mut out = head.head;
     // Whether bytes beyond the response came: the connection is then not reused.
     let mut surplus;
     match head.framing {
         Framing::Empty => {
             surplus = !response.is_empty();
-            write(io, &out).await?;
+            write(io, out).await?;
         }
         Framing::Length(length) => {
             let mut left = length;
@@ -704,7 +776,7 @@ where
                 out.extend_from_slice(&response[..take]);
                 left -= take as u64;
                 surplus = response.len() > take;
-                write(io, &out).await?;
+                write(io, out).await?;
                 out.clear();
                 if left == 0 {
                     break;
@@ -721,7 +793,7 @@ where
                 let take = found.unwrap_or(response.len());
                 out.extend_from_slice(&response[..take]);
                 surplus = response.len() > take;
-                write(io, &out).await?;
+                write(io, out).await?;
                 out.clear();
                 if found.is_some() {
                     break;
@@ -734,11 +806,11 @@ where
         Framing::UntilClose => {
             loop {
                 if !response.is_empty() {
-                    put_hex(&mut out, response.len() as u64);
+                    put_hex(out, response.len() as u64);
                     out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(response);
                     out.extend_from_slice(b"\r\n");
-                    write(io, &out).await?;
+                    write(io, out).await?;
                     out.clear();
                 }
                 if read_more(&mut upstream, response, timer.as_mut()).await? == 0 {

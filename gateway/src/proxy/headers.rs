@@ -26,12 +26,26 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// [`HOP_BY_HOP`] as text, for the relay's parsed headers: a `HeaderName`'s text is found
+/// through a match over every standard header, for each comparison.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Whether `name` is one of the hop-by-hop headers (any case). Headers named in `Connection`
 /// are hop-by-hop too; the caller checks those.
 pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
+    HOP_BY_HOP_NAMES
         .iter()
-        .any(|hop| hop.as_str().eq_ignore_ascii_case(name))
+        .any(|hop| hop.eq_ignore_ascii_case(name))
 }
 
 /// Removes the hop-by-hop headers, and every header named in `Connection`.
@@ -122,6 +136,18 @@ pub fn set_trace_context(headers: &mut HeaderMap, context: Option<&TraceContext>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_lists_of_hop_by_hop_headers_agree() {
+        let names: Vec<&str> = HOP_BY_HOP.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, HOP_BY_HOP_NAMES);
+        for name in HOP_BY_HOP_NAMES {
+            assert!(is_hop_by_hop(name));
+            assert!(is_hop_by_hop(&name.to_ascii_uppercase()));
+        }
+        assert!(!is_hop_by_hop("content-length"));
+        assert!(!is_hop_by_hop("t"));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

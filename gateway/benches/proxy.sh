@@ -11,7 +11,8 @@
 #
 # Servers (the backend and the proxy under test) are pinned to CPU 0, wrk to CPU 1, so both
 # proxies get the same single core, shared with the backend. Each configuration is measured
-# RUNS times, interleaved, and the medians are printed as a markdown table.
+# RUNS times, interleaved (the order rotates from run to run), and every run and the medians
+# are printed, the medians as a markdown table.
 #
 # Every server runs in a session of its own, as a daemon or a service does (nginx calls
 # setsid() when it daemonizes; ganglion is started under setsid here). Where the kernel groups
@@ -21,14 +22,14 @@
 # shares the core with, and be preempted by it about three times as often.
 #
 # Usage: gateway/benches/proxy.sh
-# Settings (environment): RUNS=3 DURATION=10s CONNECTIONS=50 WARMUP=3s
+# Settings (environment): RUNS=5 DURATION=10s CONNECTIONS=50 WARMUP=3s
 #                         BASE_PORT=18080 (uses BASE_PORT+1 … +3, on 127.0.0.1 only)
 #                         SERVER_CPU=0 LOAD_CPU=1
 #                         PROXY_BENCH_BIN=<prebuilt ganglion> (default: cargo build --release)
 #                         (not GANGLION_*: ganglion reads those as settings)
 set -euo pipefail
 
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 WARMUP=${WARMUP:-3s}
@@ -241,7 +242,11 @@ done
 results="$work/results.tsv"
 : >"$results"
 for run in $(seq "$RUNS"); do
-    for name in "${order[@]}"; do
+    # Each run starts with the next setup (direct nginx ganglion, nginx ganglion direct, …):
+    # no setup always comes right after the same other one.
+    shift_by=$(((run - 1) % ${#order[@]}))
+    rotated=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+    for name in "${rotated[@]}"; do
         log "run $run/$RUNS: $name ($DURATION, $CONNECTIONS connections)"
         out=$(pin "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${url[$name]}")
         if grep -q 'Non-2xx\|Socket errors' <<<"$out"; then
@@ -282,6 +287,10 @@ for line in open(path):
     samples.setdefault(name, []).append((rps, p50, p99))
 
 med = {n: tuple(statistics.median(x[i] for x in s) for i in range(3)) for n, s in samples.items()}
+print("runs (req/s, p99 ms):")
+for name in ("direct", "nginx", "ganglion"):
+    print(f"  {name:9}" + "".join(f"  {rps:8,.0f} {p99:6.3f}" for rps, _, p99 in samples[name]))
+print()
 labels = {"direct": "direct (wrk → nginx backend)",
           "nginx": "nginx reverse proxy",
           "ganglion": "ganglion transparent proxy"}

@@ -702,10 +702,10 @@ fn parse_response(
         }
         let headers: &[Header<'_>] = parsed.headers;
         let framing = response_framing(method.as_str(), code, headers).map_err(malformed)?;
-        let keep_alive = parsed.version == Some(1)
-            && !connection_has(headers, "close")
-            && framing != Framing::UntilClose;
         let hop_by_hop = HopByHop::of(headers);
+        let keep_alive = parsed.version == Some(1)
+            && !hop_by_hop.names("close")
+            && framing != Framing::UntilClose;
         head.clear();
         head.reserve(length + 32);
         head.extend_from_slice(b"HTTP/1.1 ");

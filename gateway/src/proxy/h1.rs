@@ -68,13 +68,19 @@ pub fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, BadFraming>
         }
         for item in header.value.split(|&b| b == b',') {
             let item = item.trim_ascii();
-            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            if item.is_empty() {
                 return Err(BadFraming);
             }
-            let value: u64 = std::str::from_utf8(item)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or(BadFraming)?;
+            let mut value: u64 = 0;
+            for &b in item {
+                if !b.is_ascii_digit() {
+                    return Err(BadFraming);
+                }
+                value = value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                    .ok_or(BadFraming)?;
+            }
             if length.is_some_and(|seen| seen != value) {
                 return Err(BadFraming);
             }
@@ -111,6 +117,13 @@ impl<'a> HopByHop<'a> {
         HopByHop {
             named: connection_tokens(headers).collect(),
         }
+    }
+
+    /// Whether a `Connection` line had `token` (any case), such as `close`.
+    pub fn names(&self, token: &str) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(token.as_bytes()))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -365,13 +378,20 @@ mod tests {
             length(&[("content-length", "7, 7"), ("Content-Length", "7")]),
             Ok(Some(7))
         );
+        assert_eq!(length(&[("content-length", " 007 ")]), Ok(Some(7)));
+        assert_eq!(
+            length(&[("content-length", "18446744073709551615")]),
+            Ok(Some(u64::MAX))
+        );
         for bad in [
             "",
             "-1",
             "+1",
             "1 2",
             "0x10",
+            "7,",
             "99999999999999999999999",
+            "18446744073709551616",
             "7, 8",
         ] {
             assert_eq!(
@@ -395,6 +415,9 @@ mod tests {
         let tokens: Vec<&[u8]> = connection_tokens(&lines).collect();
         assert_eq!(tokens, [&b"keep-alive"[..], b"X-Secret", b"close"]);
         assert!(connection_has(&lines, "CLOSE"));
+        let hop_by_hop = HopByHop::of(&lines);
+        assert!(hop_by_hop.names("CLOSE") && hop_by_hop.names("x-secret"));
+        assert!(!hop_by_hop.names("connection") && !HopByHop::of(&[]).names("close"));
         assert!(!connection_has(&headers(&[("x", "close")]), "close"));
     }
 

@@ -143,7 +143,9 @@ nginx_conf backend "
 nginx_conf proxy "
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
-        keepalive 128;
+        # As many idle upstream connections as ganglion keeps per service (1 024), so that
+        # neither proxy opens and closes upstream connections at any concurrency.
+        keepalive 1024;
         keepalive_requests 10000000;
     }
     server {

@@ -126,12 +126,10 @@ impl<'a> HopByHop<'a> {
             .any(|n| n.eq_ignore_ascii_case(token.as_bytes()))
     }
 
+    /// Whether the header `name` describes the connection: a hop-by-hop one, or named in
+    /// `Connection`.
     pub fn contains(&self, name: &str) -> bool {
-        is_hop_by_hop(name)
-            || self
-                .named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        is_hop_by_hop(name) || self.names(name)
     }
 }
 

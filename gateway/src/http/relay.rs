@@ -48,8 +48,8 @@ use super::proxy::{
 };
 use crate::proxy::ProxyError;
 use crate::proxy::h1::{
-    ChunkedEnd, Framing, HopByHop, connection_has, content_length, first, json_response,
-    put_decimal, put_header, put_hex, response_framing,
+    ChunkedEnd, Framing, HopByHop, content_length, first, json_response, put_decimal, put_header,
+    put_hex, response_framing,
 };
 use crate::proxy::headers::{forwarded_for, trace_from_lines};
 use ganglion_core::auth::SourceKey;
@@ -287,7 +287,9 @@ fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> S
     if read.len() < consumed {
         return Step::NeedMore(consumed);
     }
-    let close = draining || connection_has(headers, "close");
+    // Read once: `close` and the headers kept back from the upstream both come from it.
+    let hop_by_hop = HopByHop::of(headers);
+    let close = draining || hop_by_hop.names("close");
     let answer = |status: StatusCode, body: serde_json::Value| Step::Answer {
         response: json_response(status, &body, close, method == Method::HEAD),
         consumed,
@@ -330,6 +332,7 @@ fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> S
     let request = Request {
         method: name,
         headers,
+        hop_by_hop,
         body: &read[head_len..consumed],
         body_len,
     };
@@ -358,6 +361,8 @@ fn take(read: &[u8], caller: &mut Caller, state: &AppState, draining: bool) -> S
 struct Request<'a> {
     method: &'a str,
     headers: &'a [Header<'a>],
+    /// What `headers`' `Connection` lines name.
+    hop_by_hop: HopByHop<'a>,
     body: &'a [u8],
     /// `Content-Length`, when the caller gave one.
     body_len: Option<u64>,
@@ -395,7 +400,6 @@ fn upstream_request(
     upstream.extend_from_slice(path_and_query.as_bytes());
     upstream.extend_from_slice(b" HTTP/1.1\r\n");
     upstream.extend_from_slice(host_line);
-    let hop_by_hop = HopByHop::of(request.headers);
     let mut forwarded = false;
     for header in request.headers {
         let name = header.name;
@@ -403,7 +407,7 @@ fn upstream_request(
             forwarded = true;
             continue;
         }
-        let kept_back = hop_by_hop.contains(name)
+        let kept_back = request.hop_by_hop.contains(name)
             || KEPT_BACK.iter().any(|n| name.eq_ignore_ascii_case(n))
             || (!keep_authorization && name.eq_ignore_ascii_case("authorization"));
         if !kept_back {

@@ -90,11 +90,6 @@ pub fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, BadFraming>
     Ok(length)
 }
 
-/// Whether `headers` have a `Connection` line with `token` (case-insensitive).
-pub fn connection_has(headers: &[Header<'_>], token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// The tokens of every `Connection` line.
 pub fn connection_tokens<'a>(headers: &'a [Header<'a>]) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
@@ -412,11 +407,10 @@ mod tests {
         ]);
         let tokens: Vec<&[u8]> = connection_tokens(&lines).collect();
         assert_eq!(tokens, [&b"keep-alive"[..], b"X-Secret", b"close"]);
-        assert!(connection_has(&lines, "CLOSE"));
         let hop_by_hop = HopByHop::of(&lines);
         assert!(hop_by_hop.names("CLOSE") && hop_by_hop.names("x-secret"));
         assert!(!hop_by_hop.names("connection") && !HopByHop::of(&[]).names("close"));
-        assert!(!connection_has(&headers(&[("x", "close")]), "close"));
+        assert!(!HopByHop::of(&headers(&[("x", "close")])).names("close"));
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Router {
     /// eligible.
     pub fn proxy_target(&self, query: &Query) -> Option<String> {
         let registry = self.registry.read();
-        let eligible = registry.match_set_where(query, |r| r.proxy_address.is_some());
+        let eligible = registry.match_set_where(query, has_proxy_address);
         let slot = registry.pick_one(query, &eligible)?;
         registry.get(slot)?.proxy_address.clone()
     }
@@ -279,15 +279,10 @@ impl Router {
         then: impl FnOnce(&str) -> R,
     ) -> Option<R> {
         let registry = self.registry.read();
-        registry.match_set_cached_where(
-            query,
-            cache,
-            |r| r.proxy_address.is_some(),
-            |eligible| {
-                let slot = registry.pick_one(query, eligible)?;
-                registry.get(slot)?.proxy_address.as_deref().map(then)
-            },
-        )
+        registry.match_set_cached_where(query, cache, has_proxy_address, |eligible| {
+            let slot = registry.pick_one(query, eligible)?;
+            registry.get(slot)?.proxy_address.as_deref().map(then)
+        })
     }
 
     /// Routes a SEND, BROADCAST or QUEUE for a sender that is not a client: no identity, no
@@ -337,6 +332,12 @@ impl Router {
         reply.push(&Outgoing::new(answer));
         None
     }
+}
+
+/// The proxy's candidates (SPEC §9.5): the clients with an address. One function for both
+/// proxy lookups, since a [`MatchCache`] kept for one predicate must never see another.
+fn has_proxy_address(record: &ClientRecord) -> bool {
+    record.proxy_address.is_some()
 }
 
 /// `invalid dispatch payload`, echoing the frame as received (SPEC §7.8).
